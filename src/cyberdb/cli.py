@@ -1,0 +1,45 @@
+"""The ``cyberdb`` console script: ``cyberdb serve ...`` runs a server in the foreground.  Only parses and calls."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import PersistenceError
+from .server import Server
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; return the exit code."""
+    parser = argparse.ArgumentParser(prog="cyberdb", description="CyberDB in-memory database")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run a server in the foreground until SIGINT/SIGTERM")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=9980)
+    serve.add_argument("--password", default=os.environ.get("CYBERDB_PASSWORD"),
+                       help="default: $CYBERDB_PASSWORD (prefer it: argv is visible to other users)")
+    serve.add_argument("--max-con", type=int, default=500)
+    serve.add_argument("--timeout", type=float, default=0)
+    serve.add_argument("--encrypt", action="store_true")
+    serve.add_argument("--log", action="store_true", help="print connections and commands")
+    serve.add_argument("--load", metavar="FILE", help="load this snapshot first")
+    serve.add_argument("--backup", metavar="FILE", help="back up to this file (and on shutdown)")
+    serve.add_argument("--backup-cycle", type=float, default=900)
+    serve.add_argument("--whitelist", nargs="*", metavar="IP_OR_CIDR")
+    args = parser.parse_args(argv)
+
+    db = Server()
+    try:
+        if args.load:
+            db.load_db(args.load)
+        if args.backup:
+            db.set_backup(args.backup, cycle=args.backup_cycle)
+        if args.whitelist is not None:
+            db.set_ip_whitelist(args.whitelist)
+        db.run(host=args.host, port=args.port, password=args.password, max_con=args.max_con,
+               timeout=args.timeout, print_log=args.log, encrypt=args.encrypt)
+    except (OSError, ValueError, PersistenceError) as exc:
+        print(f"cyberdb: {exc}", file=sys.stderr)
+        return 1
+    return 0

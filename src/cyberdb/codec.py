@@ -1,0 +1,121 @@
+"""The value codec: Python values <-> bytes, with msgpack and extension types.  No I/O, never pickle.
+
+Supported, nested freely, and decoded to the same type and value: ``None``, ``bool``, ``int`` (any size),
+``float`` (nan/inf too), ``str``, ``bytes``, ``list``, ``tuple``, ``dict`` (any hashable keys), ``set``,
+``frozenset``, ``datetime``/``date``/``time``/``timedelta``, ``Decimal``, ``UUID``, ``complex``.
+Subclasses (``IntEnum``, ``OrderedDict``, ...) are refused with ``TypeError`` rather than silently changed.
+Timezones survive as fixed UTC offsets (a ``zoneinfo`` zone comes back as the offset it had).
+
+``decode_value`` is given untrusted bytes: whatever is wrong with them, it raises ``ProtocolError`` only.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import struct
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import msgpack
+
+from .errors import ProtocolError
+
+__all__ = ["decode_value", "encode_value"]
+
+# Extension type codes: part of the protocol and of the file format, never renumber.
+_TUPLE, _SET, _FROZENSET, _BIGINT, _DATETIME, _DATE, _TIME, _TIMEDELTA, _DECIMAL, _UUID, _COMPLEX = range(1, 12)
+_COMPLEX_STRUCT = struct.Struct("!dd")
+_TIMEDELTA_STRUCT = struct.Struct("!qqq")
+
+
+def _pack_items(items: Any) -> bytes:
+    return _packer_packb(list(items))
+
+
+def _default(obj: Any) -> msgpack.ExtType:
+    # strict_types=True sends every non-exact type here: tuples, subclasses, and the extension types.
+    t = type(obj)
+    if t is tuple:
+        return msgpack.ExtType(_TUPLE, _pack_items(obj))
+    if t is set:
+        return msgpack.ExtType(_SET, _pack_items(obj))
+    if t is frozenset:
+        return msgpack.ExtType(_FROZENSET, _pack_items(obj))
+    if t is int:  # outside the 64-bit range msgpack handles natively
+        length = (obj.bit_length() + 8) // 8
+        return msgpack.ExtType(_BIGINT, obj.to_bytes(length, "big", signed=True))
+    if t is _dt.datetime:
+        return msgpack.ExtType(_DATETIME, obj.isoformat().encode())
+    if t is _dt.date:
+        return msgpack.ExtType(_DATE, obj.isoformat().encode())
+    if t is _dt.time:
+        return msgpack.ExtType(_TIME, obj.isoformat().encode())
+    if t is _dt.timedelta:
+        return msgpack.ExtType(_TIMEDELTA, _TIMEDELTA_STRUCT.pack(obj.days, obj.seconds, obj.microseconds))
+    if t is Decimal:
+        return msgpack.ExtType(_DECIMAL, str(obj).encode())
+    if t is uuid.UUID:
+        return msgpack.ExtType(_UUID, obj.bytes)
+    if t is complex:
+        return msgpack.ExtType(_COMPLEX, _COMPLEX_STRUCT.pack(obj.real, obj.imag))
+    raise TypeError(f"CyberDB cannot store a value of type {t.__module__}.{t.__qualname__}")
+
+
+def _unpack_items(data: bytes) -> list[Any]:
+    items = _unpackb(data)
+    if type(items) is not list:
+        raise ValueError("extension payload is not an array")
+    return items
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _TUPLE:
+        return tuple(_unpack_items(data))
+    if code == _SET:
+        return set(_unpack_items(data))
+    if code == _FROZENSET:
+        return frozenset(_unpack_items(data))
+    if code == _BIGINT:
+        return int.from_bytes(data, "big", signed=True)
+    if code == _DATETIME:
+        return _dt.datetime.fromisoformat(data.decode())
+    if code == _DATE:
+        return _dt.date.fromisoformat(data.decode())
+    if code == _TIME:
+        return _dt.time.fromisoformat(data.decode())
+    if code == _TIMEDELTA:
+        return _dt.timedelta(*_TIMEDELTA_STRUCT.unpack(data))
+    if code == _DECIMAL:
+        return Decimal(data.decode())
+    if code == _UUID:
+        return uuid.UUID(bytes=data)
+    if code == _COMPLEX:
+        return complex(*_COMPLEX_STRUCT.unpack(data))
+    raise ValueError(f"unknown extension type {code}")
+
+
+def _packer_packb(obj: Any) -> bytes:
+    return msgpack.packb(obj, default=_default, strict_types=True, use_bin_type=True, datetime=False)  # type: ignore[no-any-return]
+
+
+def _unpackb(data: bytes) -> Any:
+    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True)
+
+
+def encode_value(obj: Any) -> bytes:
+    """Encode a value; raise ``TypeError`` for an unsupported type (before anything is sent)."""
+    try:
+        return _packer_packb(obj)
+    except TypeError:
+        raise
+    except (ValueError, OverflowError) as exc:  # e.g. msgpack's own limits (a str over 4 GiB)
+        raise TypeError(f"CyberDB cannot encode this value: {exc}") from exc
+
+
+def decode_value(data: bytes | memoryview) -> Any:
+    """Decode bytes from the network or a file; raise ``ProtocolError`` for anything malformed."""
+    try:
+        return _unpackb(data)
+    except Exception as exc:  # untrusted input: every failure means "malformed", never a crash
+        raise ProtocolError(f"malformed value: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,143 @@
+"""The one exception hierarchy of CyberDB, and the wire codes for errors.
+
+Data errors keep Python's own types (``KeyError``, ``IndexError``, ``ValueError``, ``TypeError``); everything
+about transport, protocol or misuse derives from :class:`CyberDBError`.  No I/O in this module.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+from collections.abc import Iterator
+
+__all__ = [
+    "AuthenticationError",
+    "ConcurrentModificationError",
+    "ConnectionError",
+    "ConnectionLostError",
+    "CyberDBError",
+    "DisconnectedError",
+    "EncryptionMismatchError",
+    "PersistenceError",
+    "PoolTimeoutError",
+    "ProtocolError",
+    "ServerError",
+    "TableError",
+    "TableExistsError",
+    "TableNotFoundError",
+    "TimeoutError",
+    "WrongTableTypeError",
+    "map_errors",
+]
+
+
+class CyberDBError(Exception):
+    """Base class of every error CyberDB raises for itself."""
+
+
+class ConnectionError(CyberDBError, builtins.ConnectionError):  # noqa: A001 - named like the builtin on purpose
+    """The connection to the server could not be made or used."""
+
+
+class AuthenticationError(ConnectionError):
+    """The password was refused (or the server could not prove it knows it)."""
+
+
+class EncryptionMismatchError(ConnectionError):
+    """Client and server disagree about ``encrypt``."""
+
+
+class ConnectionLostError(ConnectionError):
+    """The connection broke while a command was in flight: it may or may not have been applied."""
+
+
+class TimeoutError(CyberDBError, builtins.TimeoutError):  # noqa: A001
+    """An operation took longer than allowed."""
+
+
+class PoolTimeoutError(TimeoutError):
+    """No pooled connection became free in time."""
+
+
+class ProtocolError(CyberDBError):
+    """The peer broke the protocol; the connection is closed."""
+
+
+class DisconnectedError(CyberDBError):
+    """A proxy or table was used after ``proxy.close()`` (call ``proxy.connect()`` first)."""
+
+
+class ServerError(CyberDBError):
+    """An unexpected failure on the server (message only, no traceback)."""
+
+
+class PersistenceError(CyberDBError):
+    """A data file could not be written or is not a valid CyberDB file."""
+
+
+class ConcurrentModificationError(CyberDBError):
+    """A read-modify-write (``sort(key=...)``) kept losing to concurrent writers."""
+
+
+class TableError(CyberDBError):
+    """Base class of table-level errors."""
+
+
+class TableNotFoundError(TableError, LookupError):
+    """No table has that name."""
+
+
+class TableExistsError(TableError, ValueError):
+    """A table with that name already exists."""
+
+
+class WrongTableTypeError(TableError, TypeError):
+    """The table exists but is of the other kind (CyberDict vs CyberList)."""
+
+
+# Error code on the wire <-> class.  The server sends (code, args); the client rebuilds cls(*args) so that
+# ``d["x"]`` raises exactly ``KeyError("x")``.  Codes are part of the protocol: never renumber.
+ERROR_CODES: dict[int, type[BaseException]] = {
+    1: KeyError,
+    2: IndexError,
+    3: ValueError,
+    4: TypeError,
+    10: TableNotFoundError,
+    11: TableExistsError,
+    12: WrongTableTypeError,
+    13: ConcurrentModificationError,
+    20: ProtocolError,
+    21: ServerError,
+}
+_CODE_OF = {cls: code for code, cls in ERROR_CODES.items()}
+
+
+def error_code(exc: BaseException) -> int:
+    """Return the wire code for ``exc``: its class's, its nearest mapped base's, or ServerError's."""
+    for cls in type(exc).__mro__:
+        code = _CODE_OF.get(cls)
+        if code is not None:
+            return code
+    return _CODE_OF[ServerError]
+
+
+def error_from_code(code: int, args: tuple[object, ...]) -> BaseException:
+    """Rebuild the exception the server reported."""
+    cls = ERROR_CODES.get(code, ServerError)
+    try:
+        return cls(*args)
+    except Exception:  # a class that does not take these args: keep the message
+        return ServerError(*args)
+
+
+@contextlib.contextmanager
+def map_errors(what: str = "connection") -> Iterator[None]:
+    """Turn ``OSError``/``socket.timeout`` raised inside the block into CyberDB errors."""
+    try:
+        yield
+    except CyberDBError:
+        raise
+    except builtins.TimeoutError as exc:
+        raise TimeoutError(f"{what} timed out") from exc
+    except OSError as exc:
+        raise ConnectionLostError(f"{what} lost: {exc}") from exc

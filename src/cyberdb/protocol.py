@@ -1,0 +1,306 @@
+"""The wire protocol, sans-IO: frames, the handshake, and request/reply bodies.  No sockets, no asyncio.
+
+Every frame is ``length (uint32, big-endian) + body``.  Bodies before authentication are small handshake
+messages (at most ``max_preauth`` bytes); after it, a body is ``request id (uint32) + code (uint16) + payload``
+where ``code`` is the command id in a request and 0 (ok) or an error code in a reply, and ``payload`` is a
+codec-encoded value.  With encryption the whole body is sealed by :class:`~cyberdb.crypto.FrameCipher`.
+
+Handshake (both sides prove they know the password-derived key; the password never travels)::
+
+    client -> HELLO      b"CYDB" version flags client_nonce[32]
+    server -> CHALLENGE  b"CYDB" version flags iterations salt[16] server_nonce[32]   (or REJECT b"CYNO" reason)
+    client -> AUTH       HMAC(key, "client" | transcript)
+    server -> WELCOME    b"CYOK" HMAC(key, "server" | transcript | client proof)        (or REJECT)
+
+The server's and the client's side are :class:`ServerSession` and :class:`ClientSession`; transports feed them
+bytes and write what they return.  After any error a session is dead and refuses further use.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+
+from . import crypto
+from .errors import AuthenticationError, EncryptionMismatchError, ProtocolError
+from .errors import ConnectionError as CyberConnectionError
+
+__all__ = [
+    "MAX_FRAME",
+    "MAX_PREAUTH",
+    "ClientSession",
+    "FrameDecoder",
+    "ServerSession",
+    "encode_frame",
+]
+
+VERSION = 1
+MAX_FRAME = 64 << 20  # 64 MiB: one value or reply larger than this is refused
+MAX_PREAUTH = 4096
+FLAG_ENCRYPT = 0x01
+MAGIC, REJECT, WELCOME = b"CYDB", b"CYNO", b"CYOK"
+NONCE_SIZE, SALT_SIZE, PROOF_SIZE = 32, 16, 32
+STATUS_OK = 0
+
+_LEN = struct.Struct("!I")
+_HEADER = struct.Struct("!IH")  # request id, command id / status
+_HELLO = struct.Struct(f"!4sBB{NONCE_SIZE}s")
+_CHALLENGE = struct.Struct(f"!4sBBI{SALT_SIZE}s{NONCE_SIZE}s")
+HEADER_SIZE = _HEADER.size
+
+
+def encode_frame(body: bytes) -> bytes:
+    """Prefix a body with its length."""
+    return _LEN.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Splits a byte stream into frame bodies; enforces the frame size limit before buffering a body."""
+
+    __slots__ = ("_buf", "_pos", "limit", "max_frame")
+
+    def __init__(self, max_frame: int = MAX_FRAME, max_preauth: int = MAX_PREAUTH) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self.max_frame = max_frame
+        self.limit = max_preauth  # raised to max_frame once the peer is authenticated
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes."""
+        self._buf += data
+
+    def next_frame(self) -> bytes | None:
+        """Return the next complete frame body, or None if more data is needed.
+
+        Raises:
+            ProtocolError: the announced frame is larger than the current limit.
+        """
+        buf, pos = self._buf, self._pos
+        available = len(buf) - pos
+        if available < 4:
+            return None
+        (length,) = _LEN.unpack_from(buf, pos)
+        if length > self.limit:
+            raise ProtocolError(f"frame of {length} bytes exceeds the limit of {self.limit}")
+        if available - 4 < length:
+            if pos:  # keep the buffer from growing with consumed bytes while we wait for a big frame
+                del buf[:pos]
+                self._pos = 0
+            return None
+        end = pos + 4 + length
+        body = bytes(buf[pos + 4:end])
+        if end == len(buf):
+            buf.clear()
+            self._pos = 0
+        else:
+            self._pos = end
+        return body
+
+    def pending(self) -> int:
+        """Bytes received but not yet returned as frames."""
+        return len(self._buf) - self._pos
+
+
+class State(enum.Enum):
+    """Where a session stands."""
+
+    HELLO = "hello"
+    AUTH = "auth"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+class _Session:
+    """What both sides share: the decoder, the cipher once keys exist, and the dead-after-error rule."""
+
+    def __init__(self, max_frame: int) -> None:
+        self.decoder = FrameDecoder(max_frame=max_frame)
+        self.state = State.HELLO
+        self._cipher: crypto.FrameCipher | None = None
+        self._transcript = b""
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes."""
+        if self.state is State.CLOSED:
+            raise ProtocolError("session is closed")
+        self.decoder.feed(data)
+
+    def _next_body(self) -> bytes | None:
+        try:
+            body = self.decoder.next_frame()
+            if body is not None and self._cipher is not None:
+                body = self._cipher.open(body)
+        except ProtocolError:
+            self.state = State.CLOSED
+            raise
+        return body
+
+    def _frame(self, body: bytes) -> bytes:
+        if self._cipher is not None:
+            body = self._cipher.seal(body)
+        return encode_frame(body)
+
+    def _fail(self, exc: Exception) -> Exception:
+        self.state = State.CLOSED
+        return exc
+
+    def _set_ready(self, master: bytes, encrypt: bool, server_side: bool) -> None:
+        if encrypt:
+            c2s, s2c = crypto.session_keys(master, self._transcript)
+            self._cipher = crypto.FrameCipher(s2c, c2s) if server_side else crypto.FrameCipher(c2s, s2c)
+        self.decoder.limit = self.decoder.max_frame
+        self.state = State.READY
+
+    @property
+    def ready(self) -> bool:
+        """True once the handshake has completed."""
+        return self.state is State.READY
+
+
+class ServerSession(_Session):
+    """The server's side of one connection."""
+
+    def __init__(self, master: bytes, salt: bytes, iterations: int, encrypt: bool,
+                 max_frame: int = MAX_FRAME) -> None:
+        super().__init__(max_frame)
+        self._master, self._salt, self._iterations, self._encrypt = master, salt, iterations, encrypt
+        self._outbox: list[bytes] = []
+
+    def data_to_send(self) -> bytes:
+        """Handshake bytes to write to the peer (and forget)."""
+        out = b"".join(self._outbox)
+        self._outbox.clear()
+        return out
+
+    def next_request(self) -> tuple[int, int, memoryview] | None:
+        """Return the next (request id, command id, payload), handling handshake frames on the way.
+
+        Raises:
+            ProtocolError: malformed or oversized frame (close the connection).
+            AuthenticationError: wrong proof; ``data_to_send()`` holds the refusal to write before closing.
+        """
+        while True:
+            body = self._next_body()
+            if body is None:
+                return None
+            if self.state is State.READY:
+                if len(body) < HEADER_SIZE:
+                    raise self._fail(ProtocolError("request shorter than its header"))
+                req_id, op = _HEADER.unpack_from(body)
+                return req_id, op, memoryview(body)[HEADER_SIZE:]
+            self._handshake(body)
+
+    def _handshake(self, body: bytes) -> None:
+        if self.state is State.HELLO:
+            if len(body) != _HELLO.size:
+                raise self._fail(ProtocolError("not a CyberDB client (bad hello)"))
+            magic, version, _flags, client_nonce = _HELLO.unpack(body)
+            if magic != MAGIC:
+                raise self._fail(ProtocolError("not a CyberDB client (bad magic)"))
+            if version != VERSION:
+                self._outbox.append(reject_frame(f"unsupported protocol version {version}"))
+                raise self._fail(ProtocolError(f"unsupported protocol version {version}"))
+            flags = FLAG_ENCRYPT if self._encrypt else 0
+            challenge = _CHALLENGE.pack(MAGIC, VERSION, flags, self._iterations, self._salt, os.urandom(NONCE_SIZE))
+            self._transcript = body + challenge
+            self._outbox.append(encode_frame(challenge))
+            self.state = State.AUTH
+        elif self.state is State.AUTH:
+            expected = crypto.proof(self._master, b"client", self._transcript)
+            if len(body) != PROOF_SIZE or not crypto.verify(expected, body):
+                self._outbox.append(reject_frame("authentication failed"))
+                raise self._fail(AuthenticationError("authentication failed"))
+            server_proof = crypto.proof(self._master, b"server", self._transcript + body)
+            self._outbox.append(encode_frame(WELCOME + server_proof))
+            self._set_ready(self._master, self._encrypt, server_side=True)
+        else:
+            raise self._fail(ProtocolError("session is closed"))
+
+    def reply(self, req_id: int, status: int, payload: bytes) -> bytes:
+        """Build the frame answering ``req_id``."""
+        return self._frame(_HEADER.pack(req_id, status) + payload)
+
+
+def reject_frame(reason: str) -> bytes:
+    """A pre-authentication refusal that tells the client why before the server closes."""
+    return encode_frame(REJECT + reason.encode()[:MAX_PREAUTH - 8])
+
+
+class ClientSession(_Session):
+    """The client's side of one connection."""
+
+    def __init__(self, password: str | None, encrypt: bool, max_frame: int = MAX_FRAME) -> None:
+        super().__init__(max_frame)
+        self._password, self._encrypt = password, encrypt
+        self._master = b""
+        self._proof = b""
+
+    def start(self) -> bytes:
+        """The HELLO frame to send first."""
+        hello = _HELLO.pack(MAGIC, VERSION, FLAG_ENCRYPT if self._encrypt else 0, os.urandom(NONCE_SIZE))
+        self._transcript = hello
+        return encode_frame(hello)
+
+    def handshake(self) -> bytes:
+        """Process received handshake frames; return bytes to send (possibly empty).  Check ``ready`` after.
+
+        Raises:
+            AuthenticationError: wrong password, or the server could not prove it knows it.
+            EncryptionMismatchError: the server's ``encrypt`` setting differs from ours.
+            ConnectionError: the server refused the connection (whitelist, too many connections, ...).
+            ProtocolError: the peer is not a CyberDB server.
+        """
+        out = b""
+        while self.state is not State.READY:
+            body = self._next_body()
+            if body is None:
+                break
+            if body.startswith(REJECT):
+                reason = body[len(REJECT):].decode(errors="replace")
+                cls = AuthenticationError if "authentication" in reason else CyberConnectionError
+                raise self._fail(cls(f"server refused the connection: {reason}"))
+            if self.state is State.HELLO:
+                out += self._on_challenge(body)
+            elif self.state is State.AUTH:
+                self._on_welcome(body)
+        return out
+
+    def _on_challenge(self, body: bytes) -> bytes:
+        if len(body) != _CHALLENGE.size or not body.startswith(MAGIC):
+            raise self._fail(ProtocolError("not a CyberDB server (bad challenge)"))
+        _magic, version, flags, iterations, salt, _nonce = _CHALLENGE.unpack(body)
+        if version != VERSION:
+            raise self._fail(ProtocolError(f"server speaks protocol version {version}, we speak {VERSION}"))
+        server_encrypt = bool(flags & FLAG_ENCRYPT)
+        if server_encrypt != self._encrypt:
+            raise self._fail(EncryptionMismatchError(
+                f"the server has encrypt={server_encrypt} but this client has encrypt={self._encrypt}; "
+                "both sides must use the same setting"))
+        if not 1 <= iterations <= crypto.MAX_ITERATIONS:
+            raise self._fail(ProtocolError(f"server asks for {iterations} key derivation iterations"))
+        self._transcript += body
+        self._master = crypto.derive_master_key(self._password, salt, iterations)
+        self._proof = crypto.proof(self._master, b"client", self._transcript)
+        self.state = State.AUTH
+        return encode_frame(self._proof)
+
+    def _on_welcome(self, body: bytes) -> None:
+        expected = crypto.proof(self._master, b"server", self._transcript + self._proof)
+        if not body.startswith(WELCOME) or not crypto.verify(expected, body[len(WELCOME):]):
+            raise self._fail(AuthenticationError("the server could not prove it knows the password"))
+        self._set_ready(self._master, self._encrypt, server_side=False)
+
+    def request(self, req_id: int, op: int, payload: bytes) -> bytes:
+        """Build the frame of one request."""
+        return self._frame(_HEADER.pack(req_id, op) + payload)
+
+    def next_reply(self) -> tuple[int, int, memoryview] | None:
+        """Return the next (request id, status, payload), or None if more data is needed."""
+        body = self._next_body()
+        if body is None:
+            return None
+        if len(body) < HEADER_SIZE:
+            raise self._fail(ProtocolError("reply shorter than its header"))
+        req_id, status = _HEADER.unpack_from(body)
+        return req_id, status, memoryview(body)[HEADER_SIZE:]

@@ -1,0 +1,309 @@
+"""The CyberDB server: one asyncio event loop owns all data; ``start()`` runs it in a thread, ``run()`` here.
+
+Every command runs to completion inside that loop (see :mod:`.store`), so each is atomic.  Snapshots are
+encoded inside the loop too (a consistent point in time) and written to disk outside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from .. import crypto
+from ..errors import PersistenceError
+from .net import ServerConnection, ServerContext, parse_networks
+from .persist import encode_snapshot, read_snapshot, write_atomic
+from .store import Store
+
+__all__ = ["Server"]
+
+logger = logging.getLogger("cyberdb.server")
+T = TypeVar("T")
+DEFAULT_ENCRYPT_WHITELIST = ("127.0.0.1", "::1")
+_LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+
+class Server:
+    """An in-memory database server holding CyberDict and CyberList tables.
+
+    Example:
+        >>> db = Server()
+        >>> db.start(host="127.0.0.1", port=9980, password="secret")   # returns once listening
+    """
+
+    def __init__(self) -> None:
+        """Create a server with no tables; nothing listens until ``start()`` or ``run()``."""
+        self._store = Store()
+        self._whitelist: list[str] | None = None
+        self._backup: tuple[str, float] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._listener: socket.socket | None = None
+        self._ctx: ServerContext | None = None
+        self._backup_busy = False
+        self._log_handler: logging.Handler | None = None
+        self.address: tuple[str, int] | None = None
+
+    def __repr__(self) -> str:
+        state = f"listening on {self.address[0]}:{self.address[1]}" if self.address else "stopped"
+        return f"<Server {state} tables={len(self._store.tables)}>"
+
+    @property
+    def port(self) -> int | None:
+        """The port the server listens on (useful after ``port=0``), or None when stopped."""
+        return self.address[1] if self.address else None
+
+    # ---- configuration -----------------------------------------------------------------------------------------
+
+    def set_ip_whitelist(self, ips: Iterable[str]) -> None:
+        """Only accept connections from these addresses or CIDR ranges (with or without encryption).
+
+        Raises:
+            ValueError: an entry is not an IP address or network.
+        """
+        entries = [str(ip) for ip in ips] if not isinstance(ips, str) else None
+        if entries is None:
+            raise TypeError("set_ip_whitelist takes a list of addresses, e.g. ['127.0.0.1', '10.0.0.0/8']")
+        networks = parse_networks(entries)
+        self._whitelist = entries
+        if self._ctx is not None:
+            ctx = self._ctx
+            self._call_in_loop(lambda: setattr(ctx, "whitelist", networks))
+
+    def set_backup(self, file_name: str = "data.cdb", cycle: float = 900) -> None:
+        """Save a snapshot to ``file_name`` every ``cycle`` seconds, and once more on a clean shutdown."""
+        if cycle <= 0:
+            raise ValueError("cycle must be a positive number of seconds")
+        self._backup = (os.fspath(file_name), float(cycle))
+        if self._loop is not None:
+            self._call_in_loop(self._schedule_backup)
+
+    # ---- persistence -------------------------------------------------------------------------------------------
+
+    def save_db(self, file_name: str = "data.cdb") -> None:
+        """Write a consistent snapshot of all tables atomically (temporary file, fsync, rename).
+
+        Raises:
+            PersistenceError: the file could not be written; the previous file is intact.
+        """
+        data = self._call_in_loop(lambda: encode_snapshot(self._store.tables))
+        write_atomic(file_name, data)
+        logger.info("saved %d tables to %s", len(self._store.tables), file_name)
+
+    def load_db(self, file_name: str = "data.cdb") -> None:
+        """Replace all tables with those of a snapshot file; on any error nothing is loaded.
+
+        Raises:
+            PersistenceError: the file is missing, unreadable, truncated, corrupted or not a CyberDB file.
+        """
+        tables = read_snapshot(file_name)
+
+        def install() -> None:
+            self._store.tables.clear()
+            for name, table in tables.items():
+                self._store.add(name, table)
+
+        self._call_in_loop(install)
+        logger.info("loaded %d tables from %s", len(tables), file_name)
+
+    # ---- running -----------------------------------------------------------------------------------------------
+
+    def start(self, host: str = "127.0.0.1", port: int = 9980, password: str | None = None, max_con: int = 500,
+              timeout: float = 0, print_log: bool = False, encrypt: bool = False) -> None:
+        """Start serving in a background daemon thread; return once the server is listening.
+
+        Args:
+            host: address to listen on; without a password only loopback addresses are allowed.
+            port: TCP port (0 picks a free one; see ``port``).
+            password: clients must prove they know it (it never travels on the wire).
+            max_con: maximum simultaneous client connections; the next one is refused.
+            timeout: close connections idle this many seconds (0 = never).
+            print_log: attach a log handler printing connections and commands.
+            encrypt: seal every frame with AES-256-GCM and only accept whitelisted addresses.
+
+        Raises:
+            OSError: the address is taken or cannot be used.
+            ValueError: an invalid setting (no password on a non-loopback address, ...).
+            RuntimeError: the server is already running.
+        """
+        self._prepare(host, port, password, max_con, timeout, print_log, encrypt)
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._thread_main, args=(ready,), name="cyberdb-server", daemon=True)
+        self._thread.start()
+        ready.result()
+        atexit.register(self.stop)
+
+    def run(self, host: str = "127.0.0.1", port: int = 9980, password: str | None = None, max_con: int = 500,
+            timeout: float = 0, print_log: bool = False, encrypt: bool = False) -> None:
+        """Serve in the foreground until SIGINT/SIGTERM (or ``stop()``); same arguments as ``start``.
+
+        On shutdown the backup file is written first when ``set_backup`` was called.
+        """
+        self._prepare(host, port, password, max_con, timeout, print_log, encrypt)
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._serve(None, install_signals=True))
+        finally:
+            loop.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop a running server (closing all connections) and write the backup if one is set."""
+        loop, event = self._loop, self._stop_event
+        if loop is not None and event is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        atexit.unregister(self.stop)
+
+    # ---- internals ---------------------------------------------------------------------------------------------
+
+    def _prepare(self, host: str, port: int, password: str | None, max_con: int, timeout: float,
+                 print_log: bool, encrypt: bool) -> None:
+        if self._loop is not None or self._listener is not None:
+            raise RuntimeError("this server is already running")
+        if max_con < 1:
+            raise ValueError("max_con must be at least 1")
+        if timeout < 0:
+            raise ValueError("timeout must be >= 0 (0 = never)")
+        if print_log:
+            self._enable_logging()
+        family, address = _resolve(host, port)
+        if not password and not ipaddress.ip_address(address[0].split("%", 1)[0]).is_loopback:
+            raise ValueError(f"refusing to listen on {host} without a password: set a password, or listen on "
+                             "127.0.0.1 / ::1 only")
+        whitelist = self._whitelist
+        if whitelist is None and encrypt:
+            whitelist = list(DEFAULT_ENCRYPT_WHITELIST)
+        salt = os.urandom(16)
+        self._ctx = ServerContext(
+            store=self._store, master=crypto.derive_master_key(password, salt), salt=salt,
+            iterations=crypto.PBKDF2_ITERATIONS, encrypt=bool(encrypt), max_con=int(max_con),
+            timeout=float(timeout), whitelist=parse_networks(whitelist) if whitelist is not None else None)
+        try:
+            sock = socket.create_server(address, family=family, backlog=1024)
+        except OSError as exc:
+            raise OSError(exc.errno, f"CyberDB cannot listen on {host}:{port}: {exc.strerror}") from exc
+        self._listener = sock
+        self.address = sock.getsockname()[:2]
+
+    def _thread_main(self, ready: concurrent.futures.Future[None]) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._serve(ready, install_signals=False))
+        except BaseException as exc:  # noqa: BLE001 - reported to start()'s caller when it happens early
+            if not ready.done():
+                ready.set_exception(exc)
+            else:
+                logger.exception("the server loop failed")
+        finally:
+            loop.close()
+
+    async def _serve(self, ready: concurrent.futures.Future[None] | None, install_signals: bool) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._listener is not None and self._ctx is not None
+        ctx = self._ctx
+        server = await loop.create_server(lambda: ServerConnection(ctx), sock=self._listener)
+        self._stop_event = asyncio.Event()
+        self._loop = loop
+        if install_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._stop_event.set)
+        self._schedule_backup()
+        logger.info("CyberDB listening on %s:%s (encrypt=%s)", *self.address or ("?", "?"), ctx.encrypt)
+        if ready is not None:
+            ready.set_result(None)
+        try:
+            await self._stop_event.wait()
+        finally:
+            server.close()
+            for conn in list(ctx.connections):
+                conn.close()
+            await server.wait_closed()
+            if install_signals and threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+            self._loop = self._stop_event = None
+            self._listener = None
+            self.address = None
+            if self._backup is not None:
+                try:
+                    write_atomic(self._backup[0], encode_snapshot(self._store.tables))
+                    logger.info("final backup written to %s", self._backup[0])
+                except PersistenceError:
+                    logger.exception("final backup failed")
+            logger.info("CyberDB stopped")
+
+    def _schedule_backup(self) -> None:
+        if self._backup is not None and self._loop is not None:
+            self._loop.call_later(self._backup[1], self._backup_tick, self._backup)
+
+    def _backup_tick(self, config: tuple[str, float]) -> None:
+        if config != self._backup or self._loop is None:
+            return  # set_backup was called again: its own timer took over
+        self._schedule_backup()
+        if self._backup_busy:
+            return
+        data = encode_snapshot(self._store.tables)
+        self._backup_busy = True
+        future = self._loop.run_in_executor(None, write_atomic, config[0], data)
+        future.add_done_callback(self._backup_done)
+
+    def _backup_done(self, future: asyncio.Future[None]) -> None:
+        self._backup_busy = False
+        exc = future.exception()
+        if exc is not None:
+            logger.error("backup failed: %s", exc)
+        else:
+            logger.info("backup written")
+
+    def _call_in_loop(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` inside the server's loop (atomically w.r.t. commands) and return its result."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            return fn()
+        try:
+            if asyncio.get_running_loop() is loop:
+                return fn()
+        except RuntimeError:
+            pass
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def call() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                done.set_exception(exc)
+
+        loop.call_soon_threadsafe(call)
+        return done.result()
+
+    def _enable_logging(self) -> None:
+        root = logging.getLogger("cyberdb")
+        if self._log_handler is None:
+            self._log_handler = logging.StreamHandler()
+            self._log_handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+            root.addHandler(self._log_handler)
+        root.setLevel(logging.DEBUG)
+
+
+def _resolve(host: str, port: int) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot resolve host {host!r}: {exc}") from exc
+    family, _type, _proto, _name, sockaddr = infos[0]
+    return family, (sockaddr[0], sockaddr[1])

@@ -1,0 +1,210 @@
+"""One asyncio.Protocol per client connection: feed the session, run commands on the store, write replies.
+
+Network code never touches tables itself: it decodes a request, hands it to ``Store.execute`` (which runs to
+completion without awaiting), and encodes the result.  A connection that breaks the protocol, fails to
+authenticate, or stays in the handshake too long is closed; nothing it sent is executed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import protocol
+from ..codec import decode_value, encode_value
+from ..commands import BY_ID
+from ..errors import AuthenticationError, ProtocolError, ServerError, error_code
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 10.0  # seconds an unauthenticated connection may stay open
+_STATUS_OK = protocol.STATUS_OK
+_MAX_REPLY_PAYLOAD = protocol.MAX_FRAME - protocol.HEADER_SIZE - 64
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(entries: Iterable[str]) -> list[IPNetwork]:
+    """Parse addresses and CIDR ranges; raise ``ValueError`` for anything else."""
+    if isinstance(entries, str):
+        raise TypeError("set_ip_whitelist takes a list of addresses, not a single string")
+    return [ipaddress.ip_network(str(entry).strip(), strict=False) for entry in entries]
+
+
+def address_allowed(host: str, networks: list[IPNetwork]) -> bool:
+    """True if ``host`` (as given by the socket) lies in one of ``networks``."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
+
+
+@dataclass(eq=False)
+class ServerContext:
+    """What every connection of one server shares."""
+
+    store: Store
+    master: bytes
+    salt: bytes
+    iterations: int
+    encrypt: bool
+    max_con: int
+    timeout: float
+    whitelist: list[IPNetwork] | None
+    connections: set[ServerConnection] = field(default_factory=set)
+
+
+class ServerConnection(asyncio.Protocol):
+    """The server's end of one TCP connection."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self._ctx = ctx
+        self._transport: asyncio.Transport | None = None
+        self._session: protocol.ServerSession | None = None
+        self._peer = "?"
+        self._last_active = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        self._log = logger.isEnabledFor(logging.DEBUG)
+        self.requests = 0
+
+    def __repr__(self) -> str:
+        state = self._session.state.value if self._session else "refused"
+        return f"<ServerConnection {self._peer} {state} requests={self.requests}>"
+
+    # ---- asyncio callbacks -------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # noqa: D102
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        ctx = self._ctx
+        if ctx.whitelist is not None and not (peer and address_allowed(peer[0], ctx.whitelist)):
+            logger.warning("refused %s: address not in the whitelist", self._peer)
+            self._refuse("address not allowed by the server's whitelist")
+            return
+        if len(ctx.connections) >= ctx.max_con:
+            logger.warning("refused %s: max_con=%d reached", self._peer, ctx.max_con)
+            self._refuse(f"too many connections (max_con={ctx.max_con})")
+            return
+        ctx.connections.add(self)
+        self._session = protocol.ServerSession(ctx.master, ctx.salt, ctx.iterations, ctx.encrypt)
+        self._timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._check_timeout)
+        logger.info("connection from %s (%d open)", self._peer, len(ctx.connections))
+
+    def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
+        if self in self._ctx.connections:
+            self._ctx.connections.discard(self)
+            logger.info("connection from %s closed after %d requests", self._peer, self.requests)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._session = None
+
+    def pause_writing(self) -> None:  # noqa: D102 - a client that does not read stops being read
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:  # noqa: D102
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:  # noqa: D102
+        session, transport = self._session, self._transport
+        if session is None or transport is None:
+            return
+        self._last_active = time.monotonic()
+        replies: list[bytes] = []
+        try:
+            session.feed(data)
+            while True:
+                was_ready = session.ready
+                request = session.next_request()
+                if not was_ready:
+                    handshake = session.data_to_send()
+                    if handshake:
+                        transport.write(handshake)
+                    if session.ready:
+                        self._authenticated()
+                if request is None:
+                    break
+                replies.append(self._execute(session, *request))
+            if replies:
+                transport.write(b"".join(replies))
+        except (AuthenticationError, ProtocolError) as exc:
+            # answer what was executed before the bad frame, say why if still in the handshake, then close
+            logger.warning("closing %s: %s", self._peer, exc)
+            transport.write(b"".join(replies) + session.data_to_send())
+            transport.close()
+
+    def close(self) -> None:
+        """Close this connection (server shutdown)."""
+        if self._transport is not None:
+            self._transport.close()
+
+    # ---- internals ----------------------------------------------------------------------------------------------
+
+    def _refuse(self, reason: str) -> None:
+        assert self._transport is not None
+        self._transport.write(protocol.reject_frame(reason))
+        self._transport.close()
+
+    def _authenticated(self) -> None:
+        # the handshake deadline is over; from now on only the idle timeout (if any) applies
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._ctx.timeout > 0:
+            self._timer = asyncio.get_running_loop().call_later(self._ctx.timeout, self._check_timeout)
+
+    def _check_timeout(self) -> None:
+        self._timer = None
+        transport, session = self._transport, self._session
+        if transport is None or session is None or transport.is_closing():
+            return
+        if not session.ready:
+            logger.warning("closing %s: no authentication within %.0f s", self._peer, HANDSHAKE_TIMEOUT)
+            transport.close()
+            return
+        idle = time.monotonic() - self._last_active
+        if idle >= self._ctx.timeout:
+            logger.info("closing %s: idle for %.0f s", self._peer, idle)
+            transport.close()
+        else:  # one timer per connection, re-armed lazily instead of on every request
+            self._timer = asyncio.get_running_loop().call_later(self._ctx.timeout - idle, self._check_timeout)
+
+    def _execute(self, session: protocol.ServerSession, req_id: int, op: int, payload: memoryview) -> bytes:
+        self.requests += 1
+        spec = BY_ID.get(op)
+        if spec is None:
+            raise ProtocolError(f"unknown command id {op}")
+        args = decode_value(payload)
+        if type(args) is not list:
+            raise ProtocolError("request arguments are not an array")
+        if self._log:
+            logger.debug("%s %s %r", self._peer, spec.name, args[:1])
+        try:
+            result: Any = self._ctx.store.execute(spec, args)
+            body = encode_value(result)
+            if len(body) > _MAX_REPLY_PAYLOAD:
+                raise ValueError(f"the reply of {len(body)} bytes exceeds the frame limit")
+            return session.reply(req_id, _STATUS_OK, body)
+        except Exception as exc:  # a data error goes back to the client; the connection stays usable
+            return session.reply(req_id, error_code(exc), _encode_error(exc, spec.name))
+
+
+def _encode_error(exc: Exception, command: str) -> bytes:
+    if error_code(exc) == error_code(ServerError()):
+        logger.warning("command %s failed unexpectedly: %s: %s", command, type(exc).__name__, exc)
+        return encode_value([f"{type(exc).__name__}: {exc}"])
+    try:
+        return encode_value(list(exc.args))
+    except TypeError:
+        return encode_value([str(exc)])

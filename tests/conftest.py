@@ -1,0 +1,149 @@
+"""Fixtures that start real CyberDB servers (separate processes) on free loopback ports.
+
+A server process is started with ``python -m cyberdb serve``, waited for by connecting to it (never by
+sleeping), and stopped by PID in a finalizer (SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import cyberdb
+
+PASSWORD = "test-password"
+STARTUP_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float = STARTUP_TIMEOUT, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Block until something accepts TCP connections on host:port (or fail)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s") from None
+            time.sleep(0.02)  # polling interval of a readiness check, not a synchronisation sleep
+
+
+class ServerProcess:
+    """A CyberDB server in its own process."""
+
+    def __init__(self, port: int | None = None, password: str | None = PASSWORD, encrypt: bool = False,
+                 extra: list[str] | None = None, cwd: Path | None = None) -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.password = password
+        self.encrypt = encrypt
+        self.extra = extra or []
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        """Start the process and wait until it listens."""
+        cmd = [sys.executable, "-m", "cyberdb", "serve", "--host", self.host, "--port", str(self.port), *self.extra]
+        if self.encrypt:
+            cmd.append("--encrypt")
+        env = dict(os.environ)
+        if self.password is not None:
+            env["CYBERDB_PASSWORD"] = self.password
+        else:
+            env.pop("CYBERDB_PASSWORD", None)
+        self.proc = subprocess.Popen(cmd, env=env, cwd=self.cwd, start_new_session=True,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_for_port(self.host, self.port, proc=self.proc)
+        except BaseException:
+            err = self.stop()
+            raise RuntimeError(f"server did not start: {err}") from None
+
+    def stop(self, sig: int = signal.SIGTERM) -> str:
+        """Stop the process by PID; return what it wrote to stderr."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return ""
+        if proc.poll() is None:
+            os.kill(proc.pid, sig)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        assert proc.stderr is not None
+        err = proc.stderr.read().decode(errors="replace")
+        proc.stderr.close()
+        return err
+
+    def connect(self, **kwargs: object) -> cyberdb.Client:
+        """A client for this server with its password and encryption."""
+        options: dict[str, object] = {"password": self.password, "encrypt": self.encrypt}
+        options.update(kwargs)
+        return cyberdb.connect(self.host, self.port, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "encrypted"])
+def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """A running server, once without and once with encryption."""
+    srv = ServerProcess(encrypt=request.param)
+    request.addfinalizer(srv.stop)
+    yield srv
+
+
+@pytest.fixture(scope="module")
+def plain_server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """A running server without encryption."""
+    srv = ServerProcess()
+    request.addfinalizer(srv.stop)
+    yield srv
+
+
+@pytest.fixture
+def make_server(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Factory for servers with special settings; each is stopped when the test ends."""
+
+    def make(**kwargs: object) -> ServerProcess:
+        srv = ServerProcess(**kwargs)  # type: ignore[arg-type]
+        request.addfinalizer(srv.stop)
+        return srv
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> cyberdb.Client:
+    """A client of ``server``."""
+    return server.connect()
+
+
+@pytest.fixture
+def proxy(client: cyberdb.Client) -> Iterator[cyberdb.Proxy]:
+    """A connected proxy, returned to the pool after the test."""
+    with client.get_proxy() as p:
+        yield p
+
+
+@pytest.fixture
+def name() -> str:
+    """A table name no other test uses."""
+    return f"t-{uuid.uuid4().hex[:12]}"
