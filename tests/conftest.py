@@ -31,7 +31,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(host: str, port: int, timeout: float = STARTUP_TIMEOUT, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(host: str, port: int, timeout: float = STARTUP_TIMEOUT,
+                  proc: subprocess.Popen[bytes] | None = None) -> None:
     """Block until something accepts TCP connections on host:port (or fail)."""
     deadline = time.monotonic() + timeout
     while True:

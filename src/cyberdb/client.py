@@ -135,12 +135,12 @@ class Connection:
         try:
             # the stdlib class (gevent's patched class lives in a gevent module and would wait on MSG_DONTWAIT)
             if type(sock).__module__ == "socket" and hasattr(socket, "MSG_DONTWAIT"):
-                data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             else:  # e.g. a gevent socket: with timeout 0.0 its recv raises instead of waiting
                 timeout = sock.gettimeout()
                 sock.settimeout(0.0)
                 try:
-                    data = sock.recv(1, socket.MSG_PEEK)
+                    sock.recv(1, socket.MSG_PEEK)
                 finally:
                     sock.settimeout(timeout)
         except (BlockingIOError, InterruptedError):

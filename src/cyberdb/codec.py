@@ -99,7 +99,7 @@ def _packer_packb(obj: Any) -> bytes:
     return msgpack.packb(obj, default=_default, strict_types=True, use_bin_type=True, datetime=False)  # type: ignore[no-any-return]
 
 
-def _unpackb(data: bytes) -> Any:
+def _unpackb(data: bytes | memoryview) -> Any:
     return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True)
 
 

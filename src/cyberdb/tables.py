@@ -12,14 +12,14 @@ are snapshots taken in one command, not live views.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Iterator, MutableMapping, MutableSequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, MutableSequence
 from typing import TYPE_CHECKING, Any, Protocol, overload
 
 from .commands import BY_NAME, CommandSpec
 from .errors import ConcurrentModificationError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, ItemsView, KeysView, ValuesView
+    from collections.abc import ItemsView, KeysView, ValuesView
 
 __all__ = ["CyberDict", "CyberList"]
 
@@ -73,10 +73,12 @@ class CyberDict(_Table, MutableMapping[Any, Any]):
         return int(self._run(C["dict.len"]))
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._run(C["dict.keys"]))
+        keys: list[Any] = self._run(C["dict.keys"])
+        return iter(keys)  # a snapshot: unlike a dict, changing the table while iterating is allowed
 
     def __reversed__(self) -> Iterator[Any]:
-        return reversed(self._run(C["dict.keys"]))
+        keys: list[Any] = self._run(C["dict.keys"])
+        return iter(keys[::-1])
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, CyberDict):
@@ -101,7 +103,7 @@ class CyberDict(_Table, MutableMapping[Any, Any]):
             return NotImplemented
         return other | self.todict()
 
-    def __ior__(self, other: Any) -> CyberDict:  # type: ignore[misc,override]
+    def __ior__(self, other: Any) -> CyberDict:
         self.update(other)
         return self
 
@@ -185,7 +187,8 @@ class CyberList(_Table, MutableSequence[Any]):
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
-            return self._run(C["list.getslice"], *_slice_args(index))
+            items: list[Any] = self._run(C["list.getslice"], *_slice_args(index))
+            return items
         return self._run(C["list.getitem"], _index(index))
 
     def __setitem__(self, index: Any, value: Any) -> None:
@@ -231,42 +234,43 @@ class CyberList(_Table, MutableSequence[Any]):
             yield from reversed(chunk)
             stop = start
 
+    def _compare(self, other: object, op: Callable[[Any, Any], bool]) -> bool:
+        items = _other_list(other)
+        if items is NotImplemented:
+            return NotImplemented  # type: ignore[no-any-return]
+        return op(self.tolist(), items)
+
     def __eq__(self, other: object) -> bool:
-        other = _other_list(other)
-        return NotImplemented if other is NotImplemented else self.tolist() == other
+        return self._compare(other, operator.eq)
 
     def __ne__(self, other: object) -> bool:
-        other = _other_list(other)
-        return NotImplemented if other is NotImplemented else self.tolist() != other
+        return self._compare(other, operator.ne)
 
     def __lt__(self, other: object) -> bool:
-        other = _other_list(other)
-        return NotImplemented if other is NotImplemented else self.tolist() < other
+        return self._compare(other, operator.lt)
 
     def __le__(self, other: object) -> bool:
-        other = _other_list(other)
-        return NotImplemented if other is NotImplemented else self.tolist() <= other
+        return self._compare(other, operator.le)
 
     def __gt__(self, other: object) -> bool:
-        other = _other_list(other)
-        return NotImplemented if other is NotImplemented else self.tolist() > other
+        return self._compare(other, operator.gt)
 
     def __ge__(self, other: object) -> bool:
-        other = _other_list(other)
-        return NotImplemented if other is NotImplemented else self.tolist() >= other
+        return self._compare(other, operator.ge)
 
     def __add__(self, other: Any) -> list[Any]:
         items = _other_list(other)
         if items is NotImplemented:
             raise TypeError(f'can only concatenate list (not "{type(other).__name__}") to list')
-        return self.tolist() + items
+        result: list[Any] = self.tolist() + items
+        return result
 
     def __radd__(self, other: Any) -> list[Any]:
         if not isinstance(other, list):
             return NotImplemented
         return other + self.tolist()
 
-    def __iadd__(self, other: Iterable[Any]) -> CyberList:  # type: ignore[override,misc]
+    def __iadd__(self, other: Iterable[Any]) -> CyberList:  # type: ignore[misc]
         self.extend(other)
         return self
 

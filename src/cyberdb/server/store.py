@@ -99,7 +99,7 @@ def _db_create(store: Store, name: Any, kind: Any, content: Any) -> None:
         raise TypeError(f"the content of a {kind_name(expected())} must be a {expected.__name__}")
     if name in store.tables:
         raise TableExistsError(f"a table named {name!r} already exists")
-    store.add(name, content)
+    store.add(name, content)  # type: ignore[arg-type]  # checked against `expected` above
 
 
 def _db_check(store: Store, name: Any, kind: Any) -> None:
