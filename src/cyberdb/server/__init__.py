@@ -188,6 +188,7 @@ class Server:
         whitelist = self._whitelist
         if whitelist is None and encrypt:
             whitelist = list(DEFAULT_ENCRYPT_WHITELIST)
+        _raise_fd_limit(max_con)
         salt = os.urandom(16)
         self._ctx = ServerContext(
             store=self._store, master=crypto.derive_master_key(password, salt), salt=salt,
@@ -298,6 +299,23 @@ class Server:
             self._log_handler.setFormatter(logging.Formatter(_LOG_FORMAT))
             root.addHandler(self._log_handler)
         root.setLevel(logging.DEBUG)
+
+
+def _raise_fd_limit(max_con: int) -> None:
+    """Lift the soft open-files limit towards ``max_con`` (the seed asks for 10000; the default soft limit is
+    often 1024, which would make accept() fail long before max_con)."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_con + 64
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        except (ValueError, OSError) as exc:
+            logger.warning("could not raise the open-files limit to %d: %s", new, exc)
 
 
 def _resolve(host: str, port: int) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
