@@ -59,13 +59,13 @@ class _CyberDB:
         if name == "set":
             return lambda key: d.__setitem__(key, value)
         if name == "get":
-            return d.__getitem__
+            return lambda key: d[key]
         if name == "len":
             return lambda _: len(d)
         if name == "append":
             return lambda _: lst.append(value)
         if name == "index":
-            return lst.__getitem__
+            return lambda i: lst[i]
         raise ValueError(f"unknown op {name!r}")
 
     def _fresh_proxy(self) -> Any:

@@ -37,14 +37,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 PASSWORD_ENV = "CYBERDB_BENCH_PASSWORD"
-OPS = ("set", "get", "len", "append", "index")
-OP_DOC = {
-    "set": "d[k] = v        | HSET h k v",
-    "get": "d[k]            | HGET h k",
-    "len": "len(d)          | HLEN h",
-    "append": "l.append(v)     | RPUSH l v",
-    "index": "l[i]            | LINDEX l i",
-}
+OPS = ("set", "get", "len", "append", "index")  # what each one does per system: bench/README.md
 
 
 class BenchError(Exception):
@@ -60,12 +53,21 @@ class System:
     server: str  # key into SERVERS
     python: str = ""  # "" = this interpreter, else the name of a --*-python option
     doc: str = ""
+    client_args: tuple[str, ...] = ()  # extra _worker.py arguments
 
+
+# Server flavours: key -> (program, extra arguments). Systems sharing a key share one server process.
+SERVERS = {
+    "cyberdb": ("cyberdb", ()),
+    "cyberdb+enc": ("cyberdb", ("--encrypt",)),
+    "redis": ("redis", ()),
+    "echo": ("echo", ()),
+}
 
 # Variants are data: a new comparison (another client version, another server flag) is one more line.
 SYSTEMS = [
     System("cyberdb", "cyberdb", "cyberdb", doc="CyberDB, encrypt=False"),
-    System("cyberdb+enc", "cyberdb", "cyberdb+enc", doc="CyberDB, encrypt=True"),
+    System("cyberdb+enc", "cyberdb", "cyberdb+enc", doc="CyberDB, encrypt=True", client_args=("--encrypt",)),
     System("redis", "redis", "redis", doc="redis-server + redis-py 8 (this venv)"),
     System("redis-py5", "redis", "redis", python="redis5_python", doc="same redis-server, redis-py 5.0.x"),
 ]
@@ -103,34 +105,27 @@ class Procs:
         self.procs: list[Proc] = []
         self.password = secrets.token_hex(16)
 
-    def _spawn(self, name: str, argv: list[str], cpus: set[int] | None, worker: bool) -> Proc:
+    def _spawn(self, name: str, argv: list[str], cpus: set[int] | None, log: Path | None) -> Proc:
         env = dict(os.environ, **{PASSWORD_ENV: self.password, "PYTHONUNBUFFERED": "1"})
-        log = None
-        if worker:
-            stdin, stdout, stderr = subprocess.PIPE, subprocess.PIPE, None
-        else:
-            log = self.tmp / f"{name}.log"
-            stdin, stdout, stderr = subprocess.DEVNULL, log.open("wb"), subprocess.STDOUT
         # New session: Ctrl-C reaches only us, and we stop the children in order.
-        popen = subprocess.Popen(
-            argv,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            env=env,
-            cwd=self.tmp,
-            start_new_session=True,
-            preexec_fn=_child_preexec(cpus),
-        )
-        if log is not None:
-            stdout.close()  # type: ignore[union-attr]
+        common: dict[str, Any] = {
+            "env": env,
+            "cwd": self.tmp,
+            "start_new_session": True,
+            "preexec_fn": _child_preexec(cpus),
+        }
+        if log is None:  # a worker: JSON lines on its pipes, its stderr is ours
+            popen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, **common)
+        else:
+            with log.open("wb") as out:
+                popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, **common)
         proc = Proc(name, popen, log)
         self.procs.append(proc)
         return proc
 
     def server(self, name: str, argv: list[str], port: int, ping: bytes | None, deadline_s: float) -> Proc:
         """Start a server and return once it answers on `port` (PING reply if `ping`, else a connect)."""
-        proc = self._spawn(name, argv, self.server_cpus, worker=False)
+        proc = self._spawn(name, argv, self.server_cpus, log=self.tmp / f"{name}.log")
         deadline = time.monotonic() + deadline_s
         while True:
             if proc.popen.poll() is not None:
@@ -143,7 +138,7 @@ class Procs:
 
     def worker(self, name: str, argv: list[str]) -> Proc:
         """Start a client worker (its stderr goes to ours)."""
-        return self._spawn(name, argv, self.client_cpus, worker=True)
+        return self._spawn(name, argv, self.client_cpus, log=None)
 
     def stop_all(self) -> None:
         """SIGTERM every live child by PID, then SIGKILL what is left after 5 s."""
@@ -261,37 +256,20 @@ class Bench:
         port = _free_port()
         py = sys.executable
         ping = None
-        if key == "redis":
+        program, extra = SERVERS[key]
+        if program == "redis":
             redis_server = shutil.which("redis-server")
             if redis_server is None:
                 raise BenchError("redis-server not on PATH (bench/run installs it with apt-get)")
-            argv = [
-                redis_server,
-                "--port",
-                str(port),
-                "--bind",
-                HOST,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.procs.tmp),
-                "--protected-mode",
-                "yes",
-                "--daemonize",
-                "no",
-            ]
+            argv = [redis_server, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+            argv += ["--dir", str(self.procs.tmp), "--protected-mode", "yes", "--daemonize", "no", *extra]
             ping = b"*1\r\n$4\r\nPING\r\n"
             version = subprocess.run([redis_server, "--version"], capture_output=True, text=True).stdout
             self.info["redis-server"] = version.strip()
-        elif key in ("cyberdb", "cyberdb+enc"):
-            argv = [py, str(HERE / "_cyberdb_server.py"), "--host", HOST, "--port", str(port)]
-            argv += ["--encrypt"] if key == "cyberdb+enc" else []
-        elif key == "echo":
-            argv = [py, str(HERE / "_echo_server.py"), "--host", HOST, "--port", str(port)]
+        elif program == "cyberdb":
+            argv = [py, str(HERE / "_cyberdb_server.py"), "--host", HOST, "--port", str(port), *extra]
         else:
-            raise BenchError(f"unknown server {key!r}")
+            argv = [py, str(HERE / "_echo_server.py"), "--host", HOST, "--port", str(port), *extra]
         self.procs.server(key, argv, port, ping, self.args.start_timeout)
         self.ports[key] = port
 
@@ -309,8 +287,8 @@ class Bench:
             HOST,
             "--port",
             str(self.ports[system.server]),
+            *system.client_args,
         ]
-        argv += ["--encrypt"] if system.server == "cyberdb+enc" else []
         pool = [Worker(self.procs.worker(f"{system.name}#{i}", argv)) for i in range(size)]
         deadline = time.monotonic() + self.args.start_timeout
         infos = [w.recv(deadline)["info"] for w in pool]
@@ -329,7 +307,7 @@ class Bench:
             self.info["_filled"].append(system.server)
 
     def _value(self) -> str:
-        return "x" * self.args.value_size
+        return "x" * int(self.args.value_size)
 
     def measure(self, rnd: int, system: System, op: str, clients: int) -> Sample:
         """Run `op` on `clients` workers at once; return aggregate ops/s and pooled latency percentiles."""
@@ -484,8 +462,8 @@ def dump_json(bench: Bench, path: Path) -> None:
         for sample in samples
     ]
     info = {k: v for k, v in bench.info.items() if not k.startswith("_")}
-    meta = {k: v for k, v in vars(bench.args).items()}
-    path.write_text(json.dumps({"meta": meta, "info": info, "samples": rows}, indent=1) + "\n")
+    meta = dict(vars(bench.args))
+    path.write_text(json.dumps({"meta": meta, "info": info, "samples": rows}, indent=1, default=str) + "\n")
 
 
 def _csv(kind: type, text: str) -> list[Any]:
@@ -542,22 +520,20 @@ def main(argv: list[str] | None = None) -> int:
     systems = [s for s in SYSTEMS if s.name in args.systems]
     for system in list(systems):
         if system.python and not getattr(args, system.python):
-            print(
-                f"note: skipping {system.name}: no --{system.python.replace('_', '-')} given", file=sys.stderr
-            )
+            print(f"note: skipping {system.name}: no --{system.python.replace('_', '-')} given", file=sys.stderr)
             systems.remove(system)
     if not systems:
         print("no systems to run", file=sys.stderr)
         return 2
     if args.baseline not in [s.name for s in systems]:
-        print(
-            f"note: baseline {args.baseline!r} is not running; the ratio column stays empty", file=sys.stderr
-        )
+        print(f"note: baseline {args.baseline!r} is not running; the ratio column stays empty", file=sys.stderr)
 
     def on_sigterm(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    # Ctrl-C must reach the cleanup even when started with SIGINT ignored (e.g. `bench/run &` in a script).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="cyberdb-bench-") as tmp:
         procs = Procs(Path(tmp), _cpus(args.server_cpus) or None, _cpus(args.client_cpus) or None)
         bench = Bench(args, procs)
