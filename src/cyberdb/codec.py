@@ -4,7 +4,10 @@ Supported, nested freely, and decoded to the same type and value: ``None``, ``bo
 ``float`` (nan/inf too), ``str``, ``bytes``, ``list``, ``tuple``, ``dict`` (any hashable keys), ``set``,
 ``frozenset``, ``datetime``/``date``/``time``/``timedelta``, ``Decimal``, ``UUID``, ``complex``.
 Subclasses (``IntEnum``, ``OrderedDict``, ...) are refused with ``TypeError`` rather than silently changed.
-Timezones survive as fixed UTC offsets (a ``zoneinfo`` zone comes back as the offset it had).
+Timezones survive as fixed UTC offsets (a ``zoneinfo`` zone comes back as the offset it had); ``fold`` is not
+kept.  ``bytearray`` and ``memoryview`` are stored as ``bytes``.  Tuples/sets/frozensets may nest
+``MAX_EXT_DEPTH`` levels deep.  (msgpack's own ``ExtType``/``Timestamp`` objects are not values: the encoder
+cannot refuse them, and the server closes a connection that sends an unknown extension type.)
 
 ``decode_value`` is given untrusted bytes: whatever is wrong with them, it raises ``ProtocolError`` only.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import struct
+import threading
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -25,12 +29,29 @@ __all__ = ["decode_value", "encode_value"]
 
 # Extension type codes: part of the protocol and of the file format, never renumber.
 _TUPLE, _SET, _FROZENSET, _BIGINT, _DATETIME, _DATE, _TIME, _TIMEDELTA, _DECIMAL, _UUID, _COMPLEX = range(1, 12)
+# Tuples and sets are extension types whose payload is packed separately, so each level of them nests one more
+# msgpack call on the C stack; beyond a few hundred levels that overflows the stack and kills the process
+# instead of raising.  Containers nested this deep are refused both ways (lists and dicts nest natively and are
+# bounded by msgpack's own limit).
+MAX_EXT_DEPTH = 32
+_depth = threading.local()  # per thread (per greenlet under gevent): encoding/decoding may run concurrently
 _COMPLEX_STRUCT = struct.Struct("!dd")
 _TIMEDELTA_STRUCT = struct.Struct("!qqq")
 
 
+def _nested(fn: Any, arg: Any) -> Any:
+    level = getattr(_depth, "level", 0)
+    if level >= MAX_EXT_DEPTH:
+        raise ValueError(f"tuples/sets nested more than {MAX_EXT_DEPTH} levels deep")
+    _depth.level = level + 1
+    try:
+        return fn(arg)
+    finally:
+        _depth.level = level
+
+
 def _pack_items(items: Any) -> bytes:
-    return _packer_packb(list(items))
+    return _nested(_packer_packb, list(items))  # type: ignore[no-any-return]
 
 
 def _default(obj: Any) -> msgpack.ExtType:
@@ -63,7 +84,7 @@ def _default(obj: Any) -> msgpack.ExtType:
 
 
 def _unpack_items(data: bytes) -> list[Any]:
-    items = _unpackb(data)
+    items = _nested(_unpackb, data)
     if type(items) is not list:
         raise ValueError("extension payload is not an array")
     return items
@@ -100,7 +121,8 @@ def _packer_packb(obj: Any) -> bytes:
 
 
 def _unpackb(data: bytes | memoryview) -> Any:
-    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True)
+    # timestamp=3: msgpack's own timestamp extension (-1) can only ever decode to a datetime, a supported type
+    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True, timestamp=3)
 
 
 def encode_value(obj: Any) -> bytes:
@@ -109,8 +131,8 @@ def encode_value(obj: Any) -> bytes:
         return _packer_packb(obj)
     except TypeError:
         raise
-    except (ValueError, OverflowError) as exc:  # e.g. msgpack's own limits (a str over 4 GiB)
-        raise TypeError(f"CyberDB cannot encode this value: {exc}") from exc
+    except (ValueError, OverflowError, RecursionError) as exc:  # msgpack's limits: nesting, a str over 4 GiB
+        raise TypeError(f"CyberDB cannot encode this value: {exc}") from None
 
 
 def decode_value(data: bytes | memoryview) -> Any:

@@ -127,6 +127,8 @@ class _Session:
         self.decoder.feed(data)
 
     def _next_body(self) -> bytes | None:
+        if self.state is State.CLOSED:
+            raise ProtocolError("session is closed")
         try:
             body = self.decoder.next_frame()
             if body is not None and self._cipher is not None:
@@ -137,6 +139,8 @@ class _Session:
         return body
 
     def _frame(self, body: bytes) -> bytes:
+        if self.state is State.CLOSED:
+            raise ProtocolError("session is closed")
         if self._cipher is not None:
             body = self._cipher.seal(body)
         return encode_frame(body)

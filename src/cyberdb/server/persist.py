@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import tempfile
 from typing import Any
 
 from ..codec import decode_value, encode_value
@@ -44,6 +45,8 @@ def decode_snapshot(data: bytes, source: str = "snapshot") -> dict[str, Any]:
     Raises:
         PersistenceError: not a CyberDB file, unknown version, truncated, corrupted, or malformed.
     """
+    if len(data) < _HEADER.size and data and data[:len(MAGIC)] == MAGIC[:len(data)]:
+        raise PersistenceError(f"{source} is truncated: {len(data)} bytes, shorter than the {_HEADER.size}-byte header")
     if len(data) < _HEADER.size or not data.startswith(MAGIC):
         if data[:1] == b"\x80":
             raise PersistenceError(
@@ -91,9 +94,13 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        # a unique name: a save_db() and a backup of the same file may overlap, and each must stay whole
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise PersistenceError(f"could not write {path}: {exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
