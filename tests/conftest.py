@@ -132,9 +132,11 @@ def make_server(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def client(server: ServerProcess) -> cyberdb.Client:
-    """A client of ``server``."""
-    return server.connect()
+def client(server: ServerProcess) -> Iterator[cyberdb.Client]:
+    """A client of ``server``, closed afterwards (an idle pooled socket left to the GC is a ResourceWarning)."""
+    c = server.connect()
+    yield c
+    c.close()
 
 
 @pytest.fixture

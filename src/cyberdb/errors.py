@@ -102,6 +102,7 @@ ERROR_CODES: dict[int, type[BaseException]] = {
     2: IndexError,
     3: ValueError,
     4: TypeError,
+    5: OverflowError,
     10: TableNotFoundError,
     11: TableExistsError,
     12: WrongTableTypeError,

@@ -163,15 +163,23 @@ class CyberDict(_Table, MutableMapping[Any, Any]):
         return result
 
 
-def _index(i: Any) -> int:
+def _index(i: Any, message: str | None = None) -> int:
+    """``operator.index(i)``, raising ``TypeError`` with the message ``list`` itself would give."""
     try:
         return operator.index(i)
     except TypeError:
-        raise TypeError(f"list indices must be integers or slices, not {type(i).__name__}") from None
+        if message is None:
+            raise  # "'float' object cannot be interpreted as an integer", as list.insert/pop say
+        raise TypeError(message.format(type(i).__name__)) from None
+
+
+_ITEM = "list indices must be integers or slices, not {}"
+_SLICE = "slice indices must be integers or None or have an __index__ method"
+_BOUND = "slice indices must be integers or have an __index__ method"
 
 
 def _slice_args(s: slice) -> tuple[int | None, int | None, int | None]:
-    return tuple(None if part is None else _index(part) for part in (s.start, s.stop, s.step))  # type: ignore[return-value]
+    return tuple(None if part is None else _index(part, _SLICE) for part in (s.start, s.stop, s.step))  # type: ignore[return-value]
 
 
 class CyberList(_Table, MutableSequence[Any]):
@@ -189,10 +197,13 @@ class CyberList(_Table, MutableSequence[Any]):
         if isinstance(index, slice):
             items: list[Any] = self._run(C["list.getslice"], *_slice_args(index))
             return items
-        return self._run(C["list.getitem"], _index(index))
+        return self._run(C["list.getitem"], _index(index, _ITEM))
 
     def __setitem__(self, index: Any, value: Any) -> None:
         if isinstance(index, slice):
+            bounds = _slice_args(index)
+            if bounds[2] == 0:
+                raise ValueError("slice step cannot be zero")
             if isinstance(value, CyberList):
                 value = value.tolist()
             try:
@@ -200,15 +211,15 @@ class CyberList(_Table, MutableSequence[Any]):
             except TypeError:
                 raise TypeError("must assign iterable to extended slice" if index.step not in (None, 1)
                                 else "can only assign an iterable") from None
-            self._run(C["list.setslice"], *_slice_args(index), items)
+            self._run(C["list.setslice"], *bounds, items)
         else:
-            self._run(C["list.setitem"], _index(index), value)
+            self._run(C["list.setitem"], _index(index, _ITEM), value)
 
     def __delitem__(self, index: Any) -> None:
         if isinstance(index, slice):
             self._run(C["list.delslice"], *_slice_args(index))
         else:
-            self._run(C["list.delitem"], _index(index))
+            self._run(C["list.delitem"], _index(index, _ITEM))
 
     def __len__(self) -> int:
         return int(self._run(C["list.len"]))
@@ -314,8 +325,8 @@ class CyberList(_Table, MutableSequence[Any]):
     def index(self, value: Any, start: int = 0, stop: int | None = None) -> int:
         """First index of ``value`` in ``[start:stop]``; ``ValueError`` if absent."""
         if stop is None:
-            return int(self._run(C["list.index"], value, _index(start)))
-        return int(self._run(C["list.index"], value, _index(start), _index(stop)))
+            return int(self._run(C["list.index"], value, _index(start, _BOUND)))
+        return int(self._run(C["list.index"], value, _index(start, _BOUND), _index(stop, _BOUND)))
 
     def reverse(self) -> None:
         """Reverse in place."""
