@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from values import canon
 
 import cyberdb
 from cyberdb import PersistenceError
@@ -32,20 +33,6 @@ PASSWORD = "pw"
 MAGIC = b"CYBERDB\x00"
 HEADER = struct.Struct("!8sHHQ32s")  # magic, version, reserved, payload length, sha256(payload)
 WAIT = 20.0  # deadline for polling a file written by the server's backup timer
-
-
-def canon(x: Any) -> Any:
-    """A comparable spelling of ``x`` that includes the exact type of every part (and nan, -0.0, order)."""
-    t = type(x)
-    if t is list or t is tuple:
-        return (t.__name__, tuple(canon(i) for i in x))
-    if t is set or t is frozenset:
-        return (t.__name__, tuple(sorted((canon(i) for i in x), key=repr)))
-    if t is dict:
-        return ("dict", tuple((canon(k), canon(v)) for k, v in x.items()))
-    if t is dt.datetime or t is dt.time:
-        return (t.__name__, x.replace(tzinfo=None, fold=0).isoformat(), x.utcoffset())
-    return (f"{t.__module__}.{t.__qualname__}", repr(x))
 
 
 TZ = dt.timezone(dt.timedelta(hours=-7, minutes=-30))
