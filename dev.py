@@ -58,6 +58,10 @@ INIT_TIMEOUT = 60.0  # cyberdb_init.py alone sleeps 3 s before it connects
 PORT_TIMEOUT = 30.0
 HTTP_TIMEOUT = 60.0  # four workers importing flask + gevent + cyberdb
 STOP_TIMEOUT = 15.0  # SIGTERM grace before SIGKILL
+# A Gunicorn worker still booting runs the master's inherited signal handler, which only queues a SIGTERM
+# the worker never reads; the master then waits its 30 s graceful timeout. A second SIGTERM once the worker
+# has its own handlers stops it.
+GUNICORN_RESEND = 1.0
 POLL_INTERVAL = 0.05
 
 # Never route loopback requests through an http_proxy from the environment.
@@ -98,19 +102,29 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         pass  # the group is already gone (PermissionError: macOS, group of zombies)
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> int:
+def stop_process(
+    proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT, resend_every: float | None = None
+) -> int:
     """Stop proc's process group with SIGTERM, then SIGKILL after timeout; reap it.
+
+    Args:
+        resend_every: repeat SIGTERM at this interval until the leader exits (see GUNICORN_RESEND).
 
     Returns:
         The leader's exit code (negative: killed by that signal).
     """
-    if proc.poll() is None:
-        _signal_group(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        left = deadline - time.monotonic()
+        if left <= 0:
             _signal_group(proc.pid, signal.SIGKILL)
             proc.wait(timeout)
+            break
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(left if resend_every is None else min(left, resend_every))
+        except subprocess.TimeoutExpired:
+            pass
     # A leader that died may leave members behind (e.g. Gunicorn workers after a killed master).
     _signal_group(proc.pid, signal.SIGKILL)
     return proc.returncode
@@ -360,7 +374,8 @@ class Deployment:
         """Stop one process group and report how it ended."""
         alive = proc.poll() is None
         start = time.monotonic()
-        rc = stop_process(proc, timeout)
+        # Only Gunicorn gets repeated SIGTERMs: the server may still be saving its backup after the first.
+        rc = stop_process(proc, timeout, resend_every=GUNICORN_RESEND if role == "gunicorn" else None)
         if (role, proc) in self._running:
             self._running.remove((role, proc))
         if alive:
@@ -476,6 +491,8 @@ def cmd_demo(serve: bool) -> int:
     """Run the seed deployment in a temp dir, check GET / and stop it (or keep serving with --serve)."""
     python = ensure_venv()
     check_ports_free()
+    # Ctrl-C and SIGTERM both end in the cleanup below, even when started with SIGINT ignored (`cmd &`).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     ok = False
     with tempfile.TemporaryDirectory(prefix="cyberdb-demo-") as tmp:

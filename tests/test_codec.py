@@ -481,3 +481,11 @@ print("ok", depth)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
     assert proc.returncode == 0, f"rc={proc.returncode} {proc.stderr.decode(errors='replace')[-500:]}"
     assert proc.stdout.startswith(b"ok")
+
+
+@pytest.mark.parametrize("offset", [dt.timedelta(microseconds=1), dt.timedelta(hours=-23, seconds=-59, microseconds=-7)])
+def test_offsets_that_are_not_whole_seconds_survive(offset: dt.timedelta) -> None:
+    for value in (dt.datetime(2000, 1, 1, tzinfo=dt.timezone(offset)), dt.time(12, 0, tzinfo=dt.timezone(offset))):
+        back = roundtrip(value)
+        assert back == value or type(value) is dt.time  # aware times do not compare across offsets
+        assert back.utcoffset() == value.utcoffset() and back.replace(tzinfo=None) == value.replace(tzinfo=None)

@@ -67,11 +67,11 @@ def _default(obj: Any) -> msgpack.ExtType:
         length = (obj.bit_length() + 8) // 8
         return msgpack.ExtType(_BIGINT, obj.to_bytes(length, "big", signed=True))
     if t is _dt.datetime:
-        return msgpack.ExtType(_DATETIME, obj.isoformat().encode())
+        return msgpack.ExtType(_DATETIME, _with_offset(obj))
     if t is _dt.date:
         return msgpack.ExtType(_DATE, obj.isoformat().encode())
     if t is _dt.time:
-        return msgpack.ExtType(_TIME, obj.isoformat().encode())
+        return msgpack.ExtType(_TIME, _with_offset(obj))
     if t is _dt.timedelta:
         return msgpack.ExtType(_TIMEDELTA, _TIMEDELTA_STRUCT.pack(obj.days, obj.seconds, obj.microseconds))
     if t is Decimal:
@@ -81,6 +81,26 @@ def _default(obj: Any) -> msgpack.ExtType:
     if t is complex:
         return msgpack.ExtType(_COMPLEX, _COMPLEX_STRUCT.pack(obj.real, obj.imag))
     raise TypeError(f"CyberDB cannot store a value of type {t.__module__}.{t.__qualname__}")
+
+
+def _with_offset(obj: _dt.datetime | _dt.time) -> bytes:
+    # ISO text for the wall time, then "@" and the UTC offset in microseconds: isoformat() would round
+    # offsets that are not whole seconds, and tzinfo objects other than fixed offsets cannot travel anyway
+    text = obj.replace(tzinfo=None).isoformat()
+    offset = obj.utcoffset()
+    if offset is not None:
+        text += f"@{offset // _dt.timedelta(microseconds=1)}"
+    return text.encode()
+
+
+def _read_offset(cls: type[_dt.datetime] | type[_dt.time], data: bytes) -> Any:
+    text, sep, micros = data.decode().partition("@")
+    value = cls.fromisoformat(text)
+    if value.tzinfo is not None:
+        raise ValueError("offset must be given after '@'")
+    if sep:
+        value = value.replace(tzinfo=_dt.timezone(_dt.timedelta(microseconds=int(micros))))
+    return value
 
 
 def _unpack_items(data: bytes) -> list[Any]:
@@ -100,11 +120,11 @@ def _ext_hook(code: int, data: bytes) -> Any:
     if code == _BIGINT:
         return int.from_bytes(data, "big", signed=True)
     if code == _DATETIME:
-        return _dt.datetime.fromisoformat(data.decode())
+        return _read_offset(_dt.datetime, data)
     if code == _DATE:
         return _dt.date.fromisoformat(data.decode())
     if code == _TIME:
-        return _dt.time.fromisoformat(data.decode())
+        return _read_offset(_dt.time, data)
     if code == _TIMEDELTA:
         return _dt.timedelta(*_TIMEDELTA_STRUCT.unpack(data))
     if code == _DECIMAL:
