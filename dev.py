@@ -125,9 +125,22 @@ def stop_process(
             proc.wait(left if resend_every is None else min(left, resend_every))
         except subprocess.TimeoutExpired:
             pass
-    # A leader that died may leave members behind (e.g. Gunicorn workers after a killed master).
+    # A leader that died may leave members behind (e.g. Gunicorn workers after a killed master): kill them and
+    # wait until the group is gone, so that their listening sockets are closed when we return.
     _signal_group(proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL)
     return proc.returncode
+
+
+def _group_alive(pgid: int) -> bool:
+    """Tell whether any process of the group still exists (zombies awaiting their reaper count)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def port_in_use(port: int, host: str = HOST) -> bool:
@@ -142,9 +155,17 @@ def port_in_use(port: int, host: str = HOST) -> bool:
     return False
 
 
-def check_ports_free(ports: Sequence[int] = (CYBERDB_PORT, HTTP_PORT)) -> None:
-    """Raise DevError naming every port of the seed deployment that is already taken."""
+def check_ports_free(ports: Sequence[int] = (CYBERDB_PORT, HTTP_PORT), wait: float = 0.0) -> None:
+    """Raise DevError naming every port of the seed deployment that is still taken after ``wait`` seconds.
+
+    A deployment stopped a moment ago may hold its ports until its killed processes are gone, so a caller that
+    just stopped one (the tests) waits; a user's first run (the demo) does not.
+    """
+    deadline = time.monotonic() + wait
     busy = [port for port in ports if port_in_use(port)]
+    while busy and time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL)
+        busy = [port for port in ports if port_in_use(port)]
     if busy:
         lines = [f"  {HOST}:{port} ({PORT_ROLES.get(port, 'needed')})" for port in busy]
         raise DevError(

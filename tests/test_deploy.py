@@ -49,7 +49,7 @@ dev = _load_dev()
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Any]:
     """A dev.Deployment in tmp_path using this interpreter's venv; stops all it started, by PID."""
-    dev.check_ports_free()
+    dev.check_ports_free(wait=30.0)  # a previous test's processes may still be exiting
     python = Path(sys.executable)  # not resolved: the venv's bin dir is what holds gunicorn
     assert (python.parent / "gunicorn").is_file(), f"no gunicorn next to {python}: pip install -e '.[dev]'"
     deployment = dev.Deployment(tmp_path, python, say=print)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -432,8 +433,6 @@ class Proxy:
 
         This is the one API whose job is to print; use ``tables()`` to get the data.
         """
-        import sys
-
         out = sys.stdout if file is None else file
         for name, kind in self.tables().items():
             out.write(f"{name}\t{kind}\n")
