@@ -223,3 +223,46 @@ def test_failed_command_leaves_the_connection_usable(server: ServerProcess, name
         assert d["x"] == 1 and proxy._conn is conn and conn is not None and not conn.broken
         proxy.delete_table(name)
     client.close()
+
+
+def test_a_waiter_takes_the_released_connection_instead_of_opening_another(plain_server: ServerProcess) -> None:
+    client = plain_server.connect(max_connections=1)
+    holder = client.get_proxy()
+    holder.connect()
+    held = holder._conn
+    got: list[object] = []
+    waiting = threading.Event()
+
+    def wait_for_it() -> None:
+        proxy = client.get_proxy()
+        waiting.set()
+        proxy.connect()  # blocks until the holder releases
+        got.append(proxy._conn)
+        proxy.close()
+
+    t = threading.Thread(target=wait_for_it)
+    t.start()
+    waiting.wait(10)
+    holder.close()
+    t.join(10)
+    assert got == [held]
+    assert client.pool._open == 1
+    client.close()
+
+
+def test_a_failed_reconnect_leaves_the_proxy_connected(tmp_path: Path, name: str) -> None:
+    port = free_port()
+    srv = ServerProcess(port=port)
+    try:
+        client = srv.connect()
+        with client.get_proxy() as proxy:
+            lst = proxy.create_cyberlist(name, [1])
+            srv.stop()
+            with pytest.raises(cyberdb.ConnectionError):
+                lst.count(1)  # no server: the read cannot be retried anywhere
+            srv = ServerProcess(port=port)
+            proxy.create_cyberlist(name, [1, 1])
+            assert lst.count(1) == 2  # the same proxy and table work again, no DisconnectedError
+        client.close()
+    finally:
+        srv.stop()

@@ -442,10 +442,43 @@ else:
 
 def _nested_tuples(depth: int) -> bytes:
     """The encoding of ``depth`` nested 1-tuples around ``()``, built without recursion."""
-    data = msgpack.packb(msgpack.ExtType(1, b"\x90"))
+    mark = msgpack.packb(msgpack.ExtType(1, b""))  # a tuple is an array led by this marker
+    data = b"\x91" + mark
     for _ in range(depth):
-        data = msgpack.packb(msgpack.ExtType(1, b"\x91" + data))
+        data = b"\x92" + mark + data
     return data
+
+
+def _tuples(depth: int) -> tuple[Any, ...]:
+    value: tuple[Any, ...] = ()
+    for _ in range(depth):
+        value = (value,)
+    return value
+
+
+def test_nested_tuple_builder_matches_the_encoder() -> None:
+    assert _nested_tuples(3) == encode_value(_tuples(3))
+
+
+_MIXED_DEPTH_SCRIPT = r"""
+from cyberdb.codec import decode_value, encode_value
+value = []
+for _ in range(31):  # tuples separated by 1000 levels of lists: once enough to overflow the C stack
+    inner = value
+    for _ in range(1000):
+        inner = [inner]
+    value = (inner,)
+try:
+    encode_value(value)
+except TypeError:
+    print("TypeError")
+"""
+
+
+def test_deep_lists_between_tuples_are_refused_without_crashing() -> None:
+    proc = subprocess.run([sys.executable, "-c", _MIXED_DEPTH_SCRIPT], capture_output=True, timeout=60)
+    assert proc.returncode == 0, f"rc={proc.returncode} {proc.stderr.decode(errors='replace')[-500:]}"
+    assert proc.stdout.strip() == b"TypeError"
 
 
 def _nested_lists(depth: int) -> bytes:
@@ -475,7 +508,7 @@ for depth in range(1, 2000):
         data = encode_value(value)
     except (TypeError, RecursionError):
         break
-    assert decode_value(data) == value, depth
+    assert encode_value(decode_value(data)) == data, depth  # (== on the tuples would hit the recursion limit)
 print("ok", depth)
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)

@@ -334,3 +334,45 @@ def test_sigterm_writes_the_backup_first(tmp_path: Path, name: str) -> None:
             srv2.stop()
     finally:
         srv.stop()
+
+
+# ---- resource limits against authenticated peers --------------------------------------------------------------
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_pipelined_requests_from_a_peer_that_does_not_read_do_not_grow_the_server(
+        make_server, name: str) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server()
+    client = srv.connect()
+    with client.get_proxy() as proxy:
+        proxy.create_cyberlist(name, [b"x" * 1000] * 1000)  # each tolist() reply is about 1 MB
+    before = _rss_bytes(srv.proc.pid)
+    conn = cyberdb.Connection(srv.host, srv.port, PASSWORD, False)
+    spec = BY_NAME["list.tolist"]
+    from cyberdb.codec import encode_value
+
+    payload = encode_value([name])
+    conn.sock.sendall(b"".join(conn._session.request(i, spec.op, payload) for i in range(2000)))  # ~30 kB
+    with client.get_proxy() as proxy:  # the server has handled the pipelined chunk before answering this
+        assert proxy.get_cyberlist(name)[0] == b"x" * 1000
+    grown = _rss_bytes(srv.proc.pid) - before
+    conn.close()
+    client.close()
+    assert grown < 200 << 20, f"server grew by {grown >> 20} MiB for 2000 unread 1 MB replies"
+
+
+def test_an_error_about_a_huge_value_is_a_short_error(plain_server: ServerProcess, name: str) -> None:
+    client = plain_server.connect()
+    with client.get_proxy() as proxy:
+        lst = proxy.create_cyberlist(name, [1])
+        with pytest.raises(ValueError, match="more characters"):
+            lst.index(b"\0" * (17 << 20))  # repr() of it alone exceeds the 64 MiB frame limit
+        assert lst.tolist() == [1]
+        proxy.delete_table(name)
+    client.close()

@@ -205,14 +205,9 @@ class ConnectionPool:
         """
         self._check_fork()
         while True:
-            conn = None
             with self._lock:
-                if self._idle:
-                    conn = self._idle.pop()
-                else:
-                    self._wait_for_room()
-                    self._open += 1
-            if conn is None:
+                conn = self._take_or_reserve()
+            if conn is None:  # a slot is reserved for a new connection
                 try:
                     return self._factory()
                 except BaseException:
@@ -223,16 +218,19 @@ class ConnectionPool:
             conn.close()
             self._forget()
 
-    def _wait_for_room(self) -> None:
+    def _take_or_reserve(self) -> Connection | None:
+        """Under the lock: pop an idle connection, or count a new one (None), waiting while the pool is full."""
         limit = self.max_connections
-        if limit is None:
-            return
         deadline = None if self.wait_timeout is None else time.monotonic() + self.wait_timeout
-        while self._open >= limit and not self._idle:
+        while not self._idle and limit is not None and self._open >= limit:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise PoolTimeoutError(f"all {limit} connections are in use")
             self._available.wait(remaining)
+        if self._idle:
+            return self._idle.pop()
+        self._open += 1
+        return None
 
     def _usable(self, conn: Connection) -> bool:
         if conn.broken or conn.pid != os.getpid():
@@ -365,9 +363,8 @@ class Proxy:
             conn = self._conn
             if conn is None:
                 raise DisconnectedError("this proxy is closed: call proxy.connect() before using it or its tables")
-            if conn.pid != os.getpid():  # forked while connected: that socket is the parent's
-                conn.close()
-                conn = self._conn = self._client.pool.get()
+            if conn.broken or conn.pid != os.getpid():  # broken earlier, or the parent's socket after a fork
+                conn = self._replace(conn)
             try:
                 return conn.call(spec, args)
             except ConnectionLostError as exc:
@@ -375,12 +372,17 @@ class Proxy:
                 if delay is None:
                     raise
                 logger.info("retrying %s after a lost connection: %s", spec.name, exc)
-                self._conn = None
-                self._client.pool.release(conn)  # broken: closed and forgotten
                 if delay:
                     time.sleep(delay)
-                self._conn = self._client.pool.get()
                 attempt += 1
+
+    def _replace(self, old: Connection) -> Connection:
+        # if no new connection can be made this raises and the proxy keeps the broken one: still connected,
+        # and the next call tries again
+        new = self._client.pool.get()
+        self._conn = new
+        self._client.pool.release(old)  # closes it (and frees its slot if it is this process's)
+        return new
 
     # ---- tables ------------------------------------------------------------------------------------------------
 

@@ -5,9 +5,10 @@ Supported, nested freely, and decoded to the same type and value: ``None``, ``bo
 ``frozenset``, ``datetime``/``date``/``time``/``timedelta``, ``Decimal``, ``UUID``, ``complex``.
 Subclasses (``IntEnum``, ``OrderedDict``, ...) are refused with ``TypeError`` rather than silently changed.
 Timezones survive as fixed UTC offsets (a ``zoneinfo`` zone comes back as the offset it had); ``fold`` is not
-kept.  ``bytearray`` and ``memoryview`` are stored as ``bytes``.  Tuples/sets/frozensets may nest
-``MAX_EXT_DEPTH`` levels deep.  (msgpack's own ``ExtType``/``Timestamp`` objects are not values: the encoder
-cannot refuse them, and the server closes a connection that sends an unknown extension type.)
+kept.  ``bytearray`` and ``memoryview`` are stored as ``bytes``.  Ints beyond 64 bits may have up to
+``MAX_BIGINT_BYTES`` bytes; containers nest as deep as msgpack allows (a few hundred levels).  msgpack's own
+``ExtType``/``Timestamp`` objects are not values: the encoder cannot refuse them, and the server closes a
+connection that sends an unknown extension type.
 
 ``decode_value`` is given untrusted bytes: whatever is wrong with them, it raises ``ProtocolError`` only.
 """
@@ -29,42 +30,44 @@ __all__ = ["decode_value", "encode_value"]
 
 # Extension type codes: part of the protocol and of the file format, never renumber.
 _TUPLE, _SET, _FROZENSET, _BIGINT, _DATETIME, _DATE, _TIME, _TIMEDELTA, _DECIMAL, _UUID, _COMPLEX = range(1, 12)
-# Tuples and sets are extension types whose payload is packed separately, so each level of them nests one more
-# msgpack call on the C stack; beyond a few hundred levels that overflows the stack and kills the process
-# instead of raising.  Containers nested this deep are refused both ways (lists and dicts nest natively and are
-# bounded by msgpack's own limit).
-MAX_EXT_DEPTH = 32
-_depth = threading.local()  # per thread (per greenlet under gevent): encoding/decoding may run concurrently
+MAX_BIGINT_BYTES = 4096  # ints beyond 64 bits up to 2**32767: larger ones make comparisons quadratic (Decimal)
 _COMPLEX_STRUCT = struct.Struct("!dd")
 _TIMEDELTA_STRUCT = struct.Struct("!qqq")
 
-
-def _nested(fn: Any, arg: Any) -> Any:
-    level = getattr(_depth, "level", 0)
-    if level >= MAX_EXT_DEPTH:
-        raise ValueError(f"tuples/sets nested more than {MAX_EXT_DEPTH} levels deep")
-    _depth.level = level + 1
-    try:
-        return fn(arg)
-    finally:
-        _depth.level = level
+# A tuple, set or frozenset travels as a msgpack array whose first element is an empty extension value of its
+# kind: (1, 2) -> [ext(TUPLE), 1, 2].  The whole value is then one msgpack call each way, so msgpack's own
+# nesting limits bound the depth (a payload packed separately per level would recurse in C without a bound and
+# crash the process).  On decoding, the extension becomes a private marker and the list hook turns
+# [marker, ...] into the container; a marker anywhere else is malformed input, found by counting.
+_MARKS = {code: msgpack.ExtType(code, b"") for code in (_TUPLE, _SET, _FROZENSET)}
 
 
-def _pack_items(items: Any) -> bytes:
-    return _nested(_packer_packb, list(items))  # type: ignore[no-any-return]
+class _Marker:
+    """What a container's extension decodes to until the list hook replaces its array."""
+
+    __slots__ = ("build",)
+
+    def __init__(self, build: type) -> None:
+        self.build = build
 
 
-def _default(obj: Any) -> msgpack.ExtType:
+_MARK_OF_CODE = {_TUPLE: _Marker(tuple), _SET: _Marker(set), _FROZENSET: _Marker(frozenset)}
+_state = threading.local()  # markers seen minus markers consumed, per decode (decoding never yields)
+
+
+def _default(obj: Any) -> Any:
     # strict_types=True sends every non-exact type here: tuples, subclasses, and the extension types.
     t = type(obj)
     if t is tuple:
-        return msgpack.ExtType(_TUPLE, _pack_items(obj))
+        return [_MARKS[_TUPLE], *obj]
     if t is set:
-        return msgpack.ExtType(_SET, _pack_items(obj))
+        return [_MARKS[_SET], *obj]
     if t is frozenset:
-        return msgpack.ExtType(_FROZENSET, _pack_items(obj))
+        return [_MARKS[_FROZENSET], *obj]
     if t is int:  # outside the 64-bit range msgpack handles natively
         length = (obj.bit_length() + 8) // 8
+        if length > MAX_BIGINT_BYTES:
+            raise TypeError(f"CyberDB stores ints of up to {MAX_BIGINT_BYTES * 8 - 1} bits")
         return msgpack.ExtType(_BIGINT, obj.to_bytes(length, "big", signed=True))
     if t is _dt.datetime:
         return msgpack.ExtType(_DATETIME, _with_offset(obj))
@@ -103,21 +106,23 @@ def _read_offset(cls: type[_dt.datetime] | type[_dt.time], data: bytes) -> Any:
     return value
 
 
-def _unpack_items(data: bytes) -> list[Any]:
-    items = _nested(_unpackb, data)
-    if type(items) is not list:
-        raise ValueError("extension payload is not an array")
+def _list_hook(items: list[Any]) -> Any:
+    if items and type(items[0]) is _Marker:
+        _state.pending -= 1
+        return items[0].build(items[1:])
     return items
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
-    if code == _TUPLE:
-        return tuple(_unpack_items(data))
-    if code == _SET:
-        return set(_unpack_items(data))
-    if code == _FROZENSET:
-        return frozenset(_unpack_items(data))
+    mark = _MARK_OF_CODE.get(code)
+    if mark is not None:
+        if data:
+            raise ValueError("container marker with a payload")
+        _state.pending += 1
+        return mark
     if code == _BIGINT:
+        if len(data) > MAX_BIGINT_BYTES:
+            raise ValueError("int too large")
         return int.from_bytes(data, "big", signed=True)
     if code == _DATETIME:
         return _read_offset(_dt.datetime, data)
@@ -142,7 +147,12 @@ def _packer_packb(obj: Any) -> bytes:
 
 def _unpackb(data: bytes | memoryview) -> Any:
     # timestamp=3: msgpack's own timestamp extension (-1) can only ever decode to a datetime, a supported type
-    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True, timestamp=3)
+    _state.pending = 0
+    value = msgpack.unpackb(data, ext_hook=_ext_hook, list_hook=_list_hook, raw=False, strict_map_key=False,
+                            use_list=True, timestamp=3)
+    if _state.pending:
+        raise ValueError("a container marker outside the first place of an array")
+    return value
 
 
 def encode_value(obj: Any) -> bytes:

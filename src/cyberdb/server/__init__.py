@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from .. import crypto
-from ..errors import PersistenceError
 from .net import ServerConnection, ServerContext, parse_networks
 from .persist import encode_snapshot, read_snapshot, write_atomic
 from .store import Store
@@ -51,6 +50,7 @@ class Server:
         self._listener: socket.socket | None = None
         self._ctx: ServerContext | None = None
         self._backup_busy = False
+        self._backup_generation = 0  # a timer whose generation is stale stops re-arming itself
         self._log_handler: logging.Handler | None = None
         self.address: tuple[str, int] | None = None
 
@@ -85,6 +85,7 @@ class Server:
         if cycle <= 0:
             raise ValueError("cycle must be a positive number of seconds")
         self._backup = (os.fspath(file_name), float(cycle))
+        self._backup_generation += 1
         if self._loop is not None:
             self._call_in_loop(self._schedule_backup)
 
@@ -207,11 +208,19 @@ class Server:
             loop.run_until_complete(self._serve(ready, install_signals=False))
         except BaseException as exc:  # noqa: BLE001 - reported to start()'s caller when it happens early
             if not ready.done():
+                self._release_listener()
                 ready.set_exception(exc)
             else:
                 logger.exception("the server loop failed")
         finally:
             loop.close()
+
+    def _release_listener(self) -> None:
+        # a start() that failed after binding must leave the server startable again
+        if self._listener is not None:
+            self._listener.close()
+        self._listener = None
+        self.address = None
 
     async def _serve(self, ready: concurrent.futures.Future[None] | None, install_signals: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -244,23 +253,23 @@ class Server:
                 try:
                     write_atomic(self._backup[0], encode_snapshot(self._store.tables))
                     logger.info("final backup written to %s", self._backup[0])
-                except PersistenceError:
-                    logger.exception("final backup failed")
+                except Exception:  # noqa: BLE001 - shutdown goes on; the reason is logged
+                    logger.exception("final backup to %s failed", self._backup[0])
             logger.info("CyberDB stopped")
 
     def _schedule_backup(self) -> None:
         if self._backup is not None and self._loop is not None:
-            self._loop.call_later(self._backup[1], self._backup_tick, self._backup)
+            self._loop.call_later(self._backup[1], self._backup_tick, self._backup_generation)
 
-    def _backup_tick(self, config: tuple[str, float]) -> None:
-        if config != self._backup or self._loop is None:
+    def _backup_tick(self, generation: int) -> None:
+        if generation != self._backup_generation or self._backup is None or self._loop is None:
             return  # set_backup was called again: its own timer took over
         self._schedule_backup()
         if self._backup_busy:
             return
         data = encode_snapshot(self._store.tables)
         self._backup_busy = True
-        future = self._loop.run_in_executor(None, write_atomic, config[0], data)
+        future = self._loop.run_in_executor(None, write_atomic, self._backup[0], data)
         future.add_done_callback(self._backup_done)
 
     def _backup_done(self, future: asyncio.Future[None]) -> None:

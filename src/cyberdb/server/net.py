@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 10.0  # seconds an unauthenticated connection may stay open
 _STATUS_OK = protocol.STATUS_OK
 _MAX_REPLY_PAYLOAD = protocol.MAX_FRAME - protocol.HEADER_SIZE - 64
+_MAX_ERROR_PAYLOAD = 64 << 10  # an error's arguments (e.g. the missing key) are sent back up to this size
+_FLUSH_BYTES = 256 << 10
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -73,6 +75,7 @@ class ServerConnection(asyncio.Protocol):
         self._last_active = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
         self._log = logger.isEnabledFor(logging.DEBUG)
+        self._paused = False
         self.requests = 0
 
     def __repr__(self) -> str:
@@ -108,23 +111,38 @@ class ServerConnection(asyncio.Protocol):
             self._timer.cancel()
         self._session = None
 
-    def pause_writing(self) -> None:  # noqa: D102 - a client that does not read stops being read
+    def pause_writing(self) -> None:  # noqa: D102
+        # the peer does not read its replies: stop reading and stop executing what it already sent (a few
+        # bytes of requests can ask for megabytes of replies), until the buffer drains
+        self._paused = True
         if self._transport is not None:
             self._transport.pause_reading()
 
     def resume_writing(self) -> None:  # noqa: D102
+        self._paused = False
         if self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
+            self._process()
 
     def data_received(self, data: bytes) -> None:  # noqa: D102
+        if self._session is None:
+            return
+        self._last_active = time.monotonic()
+        try:
+            self._session.feed(data)
+        except ProtocolError:
+            return
+        self._process()
+
+    def _process(self) -> None:
+        """Execute the complete requests received so far (until writing is paused) and write the replies."""
         session, transport = self._session, self._transport
         if session is None or transport is None:
             return
-        self._last_active = time.monotonic()
         replies: list[bytes] = []
+        pending = 0
         try:
-            session.feed(data)
-            while True:
+            while not self._paused:
                 was_ready = session.ready
                 request = session.next_request()
                 if not was_ready:
@@ -135,7 +153,13 @@ class ServerConnection(asyncio.Protocol):
                         self._authenticated()
                 if request is None:
                     break
-                replies.append(self._execute(session, *request))
+                reply = self._execute(session, *request)
+                replies.append(reply)
+                pending += len(reply)
+                if pending > _FLUSH_BYTES:  # write now: the transport may pause us (pause_writing)
+                    transport.write(b"".join(replies))
+                    replies.clear()
+                    pending = 0
             if replies:
                 transport.write(b"".join(replies))
         except (AuthenticationError, ProtocolError) as exc:
@@ -202,9 +226,16 @@ class ServerConnection(asyncio.Protocol):
 
 def _encode_error(exc: Exception, command: str) -> bytes:
     if error_code(exc) == error_code(ServerError()):
-        logger.warning("command %s failed unexpectedly: %s: %s", command, type(exc).__name__, exc)
-        return encode_value([f"{type(exc).__name__}: {exc}"])
+        logger.warning("command %s failed unexpectedly: %s", command, type(exc).__name__)
+        return encode_value([_shorten(f"{type(exc).__name__}: {exc}")])
     try:
-        return encode_value(list(exc.args))
+        body = encode_value(list(exc.args))
     except TypeError:
-        return encode_value([str(exc)])
+        body = b""
+    if not body or len(body) > _MAX_ERROR_PAYLOAD:  # e.g. ValueError('<80 MB repr> is not in list')
+        body = encode_value([_shorten(str(exc))])
+    return body
+
+
+def _shorten(text: str, limit: int = 1000) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
