@@ -217,13 +217,13 @@ def test_unknown_command_closes_only_that_connection(server: ServerProcess) -> N
 
 def test_wrong_arity_is_a_type_error_and_the_connection_stays_usable(server: ServerProcess, name: str) -> None:
     conn = cyberdb.Connection(server.host, server.port, PASSWORD, server.encrypt)
-    conn.call(BY_NAME["db.create"], (name, "dict", {}))
+    conn.call(BY_NAME["db.create"], [name, "dict", {}])
     with pytest.raises(TypeError, match="arguments"):
-        conn.call(BY_NAME["dict.getitem"], (name, 1, 2, 3))
+        conn.call(BY_NAME["dict.getitem"], [name, 1, 2, 3])
     with pytest.raises(cyberdb.TableNotFoundError):
-        conn.call(BY_NAME["dict.len"], (name + "-missing",))
-    assert conn.call(BY_NAME["dict.len"], (name,)) == 0
-    conn.call(BY_NAME["db.delete"], (name,))
+        conn.call(BY_NAME["dict.len"], [name + "-missing"])
+    assert conn.call(BY_NAME["dict.len"], [name]) == 0
+    conn.call(BY_NAME["db.delete"], [name])
     conn.close()
 
 

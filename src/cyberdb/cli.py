@@ -27,9 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--backup", metavar="FILE", help="back up to this file (and on shutdown)")
     serve.add_argument("--backup-cycle", type=float, default=900)
     serve.add_argument("--whitelist", nargs="*", metavar="IP_OR_CIDR")
+    serve.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                       help="event loop (auto: uvloop if installed)")
     args = parser.parse_args(argv)
 
-    db = Server()
+    db = Server(event_loop=args.loop)
     try:
         if args.load:
             db.load_db(args.load)

@@ -29,6 +29,7 @@ from .errors import (
     ProtocolError,
     error_from_code,
     map_errors,
+    os_error,
 )
 from .retry import Retry
 from .tables import CyberDict, CyberList
@@ -36,6 +37,11 @@ from .tables import CyberDict, CyberList
 __all__ = ["Client", "Connection", "ConnectionPool", "Proxy", "connect"]
 
 logger = logging.getLogger(__name__)
+# Bumped in a child after fork(): comparing an int per call is cheaper than os.getpid() (a system call).
+_forks = [0]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
+_HAVE_FORK_HOOK = hasattr(os, "register_at_fork")
 _RECV_SIZE = 1 << 16
 _DB_PING, _DB_CREATE, _DB_CHECK, _DB_TABLES, _DB_DELETE = (
     BY_NAME[n] for n in ("db.ping", "db.create", "db.check", "db.tables", "db.delete"))
@@ -55,6 +61,7 @@ class Connection:
         """
         self.host, self.port = host, port
         self.pid = os.getpid()
+        self.forks = _forks[0]
         self.broken = False
         self.requests = 0
         self._next_id = 0
@@ -91,7 +98,7 @@ class Connection:
                 if out:
                     sock.sendall(out)
 
-    def call(self, spec: CommandSpec, args: tuple[Any, ...]) -> Any:
+    def call(self, spec: CommandSpec, args: list[Any]) -> Any:
         """Send one command and return its result (one round trip).
 
         Raises:
@@ -99,21 +106,23 @@ class Connection:
             ConnectionLostError: the connection broke; the connection is marked broken.
             KeyError, IndexError, ValueError, TypeError, ...: the error the command raised on the server.
         """
-        payload = encode_value(list(args))
+        payload = encode_value(args)
         if self.broken:
             raise ConnectionLostError("this connection is broken")
         self._next_id = req_id = (self._next_id + 1) & 0xFFFFFFFF
         session, sock = self._session, self.sock
-        try:
-            with map_errors():
-                sock.sendall(session.request(req_id, spec.op, payload))
+        try:  # (no context manager here: this is the hot path, and one costs a microsecond)
+            sock.sendall(session.request(req_id, spec.op, payload))
+            reply = None
+            while reply is None:  # nothing is buffered between calls (checked below), so read first
+                data = sock.recv(_RECV_SIZE)
+                if not data:
+                    raise ConnectionLostError("the server closed the connection")
+                session.feed(data)
                 reply = session.next_reply()
-                while reply is None:
-                    data = sock.recv(_RECV_SIZE)
-                    if not data:
-                        raise ConnectionLostError("the server closed the connection")
-                    session.feed(data)
-                    reply = session.next_reply()
+        except OSError as exc:
+            self.broken = True
+            raise os_error(exc) from exc
         except BaseException:  # incl. gevent.Timeout / KeyboardInterrupt: the stream position is unknown
             self.broken = True
             raise
@@ -363,10 +372,10 @@ class Proxy:
             conn = self._conn
             if conn is None:
                 raise DisconnectedError("this proxy is closed: call proxy.connect() before using it or its tables")
-            if conn.broken or conn.pid != os.getpid():  # broken earlier, or the parent's socket after a fork
-                conn = self._replace(conn)
+            if conn.broken or conn.forks != _forks[0] or not _HAVE_FORK_HOOK and conn.pid != os.getpid():
+                conn = self._replace(conn)  # broken earlier, or the parent's socket after a fork
             try:
-                return conn.call(spec, args)
+                return conn.call(spec, list(args))
             except ConnectionLostError as exc:
                 delay = self._client.retry.next_delay(spec, attempt, exc)
                 if delay is None:

@@ -141,31 +141,45 @@ def _ext_hook(code: int, data: bytes) -> Any:
     raise ValueError(f"unknown extension type {code}")
 
 
-def _packer_packb(obj: Any) -> bytes:
-    return msgpack.packb(obj, default=_default, strict_types=True, use_bin_type=True, datetime=False)  # type: ignore[no-any-return]
+def _new_packer() -> msgpack.Packer:
+    return msgpack.Packer(default=_default, strict_types=True, use_bin_type=True, datetime=False)
 
 
-def _unpackb(data: bytes | memoryview) -> Any:
-    # timestamp=3: msgpack's own timestamp extension (-1) can only ever decode to a datetime, a supported type
+def _unpackb(data: bytes) -> Any:
+    # Most values hold no tuple or set: decode once without the list hook (a Python call per array) and only
+    # if a container marker turned up decode again with it.  timestamp=3: msgpack's own timestamp extension
+    # (-1) can only ever decode to a datetime, a supported type.
     _state.pending = 0
-    value = msgpack.unpackb(data, ext_hook=_ext_hook, list_hook=_list_hook, raw=False, strict_map_key=False,
-                            use_list=True, timestamp=3)
+    try:
+        value = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False, timestamp=3)
+    except TypeError:
+        if not _state.pending:
+            raise
+        # e.g. a tuple used as a dict key is still an (unhashable) list in this first pass
     if _state.pending:
-        raise ValueError("a container marker outside the first place of an array")
+        _state.pending = 0
+        value = msgpack.unpackb(data, ext_hook=_ext_hook, list_hook=_list_hook, raw=False, strict_map_key=False,
+                                timestamp=3)
+        if _state.pending:
+            raise ValueError("a container marker outside the first place of an array")
     return value
 
 
 def encode_value(obj: Any) -> bytes:
     """Encode a value; raise ``TypeError`` for an unsupported type (before anything is sent)."""
     try:
-        return _packer_packb(obj)
+        packer = _state.packer
+    except AttributeError:  # one Packer per thread: reusing it saves building one per call
+        packer = _state.packer = _new_packer()
+    try:
+        return packer.pack(obj)  # type: ignore[no-any-return]
     except TypeError:
         raise
     except (ValueError, OverflowError, RecursionError) as exc:  # msgpack's limits: nesting, a str over 4 GiB
         raise TypeError(f"CyberDB cannot encode this value: {exc}") from None
 
 
-def decode_value(data: bytes | memoryview) -> Any:
+def decode_value(data: bytes) -> Any:
     """Decode bytes from the network or a file; raise ``ProtocolError`` for anything malformed."""
     try:
         return _unpackb(data)

@@ -28,6 +28,7 @@ __all__ = [
     "TimeoutError",
     "WrongTableTypeError",
     "map_errors",
+    "os_error",
 ]
 
 
@@ -131,14 +132,21 @@ def error_from_code(code: int, args: tuple[object, ...]) -> BaseException:
         return ServerError(*args)
 
 
+def os_error(exc: OSError, what: str = "connection") -> CyberDBError:
+    """The CyberDB error for an ``OSError`` from a socket (our own errors pass through)."""
+    if isinstance(exc, CyberDBError):
+        return exc
+    if isinstance(exc, builtins.TimeoutError):
+        return TimeoutError(f"{what} timed out")
+    return ConnectionLostError(f"{what} lost: {exc}")
+
+
 @contextlib.contextmanager
 def map_errors(what: str = "connection") -> Iterator[None]:
     """Turn ``OSError``/``socket.timeout`` raised inside the block into CyberDB errors."""
     try:
         yield
-    except CyberDBError:
+    except CyberDBError:  # ours derive from OSError too (ConnectionError, TimeoutError): pass them on
         raise
-    except builtins.TimeoutError as exc:
-        raise TimeoutError(f"{what} timed out") from exc
     except OSError as exc:
-        raise ConnectionLostError(f"{what} lost: {exc}") from exc
+        raise os_error(exc, what) from exc

@@ -45,6 +45,7 @@ STATUS_OK = 0
 
 _LEN = struct.Struct("!I")
 _HEADER = struct.Struct("!IH")  # request id, command id / status
+_FRAMED_HEADER = struct.Struct("!IIH")  # length, request id, command id / status: a plain frame in one pack
 _HELLO = struct.Struct(f"!4sBB{NONCE_SIZE}s")
 _CHALLENGE = struct.Struct(f"!4sBBI{SALT_SIZE}s{NONCE_SIZE}s")
 HEADER_SIZE = _HEADER.size
@@ -56,19 +57,32 @@ def encode_frame(body: bytes) -> bytes:
 
 
 class FrameDecoder:
-    """Splits a byte stream into frame bodies; enforces the frame size limit before buffering a body."""
+    """Splits a byte stream into frame bodies; enforces the frame size limit before buffering a body.
 
-    __slots__ = ("_buf", "_pos", "limit", "max_frame")
+    The usual case, a read holding exactly whole frames, copies nothing but the bodies; only a frame split
+    across reads is accumulated in a bytearray.
+    """
+
+    __slots__ = ("_data", "_pos", "limit", "max_frame")
 
     def __init__(self, max_frame: int = MAX_FRAME, max_preauth: int = MAX_PREAUTH) -> None:
-        self._buf = bytearray()
+        self._data: bytes | bytearray = b""
         self._pos = 0
         self.max_frame = max_frame
         self.limit = max_preauth  # raised to max_frame once the peer is authenticated
 
     def feed(self, data: bytes) -> None:
-        """Append received bytes."""
-        self._buf += data
+        """Append received bytes (kept by reference when they start a new frame: pass immutable bytes)."""
+        if type(data) is not bytes:
+            data = bytes(data)
+        if self._pos == len(self._data):  # everything before was consumed: keep the new bytes as they are
+            self._data = data
+            self._pos = 0
+            return
+        if type(self._data) is not bytearray:  # a partial frame is waiting: accumulate from now on
+            self._data = bytearray(memoryview(self._data)[self._pos:])
+            self._pos = 0
+        self._data += data
 
     def next_frame(self) -> bytes | None:
         """Return the next complete frame body, or None if more data is needed.
@@ -76,30 +90,27 @@ class FrameDecoder:
         Raises:
             ProtocolError: the announced frame is larger than the current limit.
         """
-        buf, pos = self._buf, self._pos
-        available = len(buf) - pos
+        data, pos = self._data, self._pos
+        available = len(data) - pos
         if available < 4:
             return None
-        (length,) = _LEN.unpack_from(buf, pos)
+        (length,) = _LEN.unpack_from(data, pos)
         if length > self.limit:
             raise ProtocolError(f"frame of {length} bytes exceeds the limit of {self.limit}")
         if available - 4 < length:
-            if pos:  # keep the buffer from growing with consumed bytes while we wait for a big frame
-                del buf[:pos]
+            if pos and type(data) is bytearray:  # drop consumed bytes while we wait for a big frame
+                del data[:pos]
                 self._pos = 0
             return None
         end = pos + 4 + length
-        body = bytes(buf[pos + 4:end])
-        if end == len(buf):
-            buf.clear()
-            self._pos = 0
-        else:
-            self._pos = end
-        return body
+        self._pos = end
+        if type(data) is bytes:
+            return data[pos + 4:end]
+        return bytes(memoryview(data)[pos + 4:end])
 
     def pending(self) -> int:
         """Bytes received but not yet returned as frames."""
-        return len(self._buf) - self._pos
+        return len(self._data) - self._pos
 
 
 class State(enum.Enum):
@@ -145,6 +156,22 @@ class _Session:
             body = self._cipher.seal(body)
         return encode_frame(body)
 
+    def _message(self, req_id: int, code: int, payload: bytes) -> bytes:
+        """The frame of one request or reply (the hot path: one struct pack and one concatenation)."""
+        if self._cipher is None and self.state is State.READY:
+            return _FRAMED_HEADER.pack(len(payload) + HEADER_SIZE, req_id, code) + payload
+        return self._frame(_HEADER.pack(req_id, code) + payload)
+
+    def _next_message(self) -> tuple[int, int, bytes] | None:
+        """The next (request id, code, payload) after the handshake, or None if more data is needed."""
+        body = self._next_body()
+        if body is None:
+            return None
+        if len(body) < HEADER_SIZE:
+            raise self._fail(ProtocolError("message shorter than its header"))
+        req_id, code = _HEADER.unpack_from(body)
+        return req_id, code, body[HEADER_SIZE:]
+
     def _fail(self, exc: Exception) -> Exception:
         self.state = State.CLOSED
         return exc
@@ -177,23 +204,19 @@ class ServerSession(_Session):
         self._outbox.clear()
         return out
 
-    def next_request(self) -> tuple[int, int, memoryview] | None:
+    def next_request(self) -> tuple[int, int, bytes] | None:
         """Return the next (request id, command id, payload), handling handshake frames on the way.
 
         Raises:
             ProtocolError: malformed or oversized frame (close the connection).
             AuthenticationError: wrong proof; ``data_to_send()`` holds the refusal to write before closing.
         """
-        while True:
+        while self.state is not State.READY:
             body = self._next_body()
             if body is None:
                 return None
-            if self.state is State.READY:
-                if len(body) < HEADER_SIZE:
-                    raise self._fail(ProtocolError("request shorter than its header"))
-                req_id, op = _HEADER.unpack_from(body)
-                return req_id, op, memoryview(body)[HEADER_SIZE:]
             self._handshake(body)
+        return self._next_message()
 
     def _handshake(self, body: bytes) -> None:
         if self.state is State.HELLO:
@@ -223,7 +246,7 @@ class ServerSession(_Session):
 
     def reply(self, req_id: int, status: int, payload: bytes) -> bytes:
         """Build the frame answering ``req_id``."""
-        return self._frame(_HEADER.pack(req_id, status) + payload)
+        return self._message(req_id, status, payload)
 
 
 def reject_frame(reason: str) -> bytes:
@@ -297,14 +320,10 @@ class ClientSession(_Session):
 
     def request(self, req_id: int, op: int, payload: bytes) -> bytes:
         """Build the frame of one request."""
-        return self._frame(_HEADER.pack(req_id, op) + payload)
+        if self.state is not State.READY:
+            raise ProtocolError("the handshake has not completed")
+        return self._message(req_id, op, payload)
 
-    def next_reply(self) -> tuple[int, int, memoryview] | None:
+    def next_reply(self) -> tuple[int, int, bytes] | None:
         """Return the next (request id, status, payload), or None if more data is needed."""
-        body = self._next_body()
-        if body is None:
-            return None
-        if len(body) < HEADER_SIZE:
-            raise self._fail(ProtocolError("reply shorter than its header"))
-        req_id, status = _HEADER.unpack_from(body)
-        return req_id, status, memoryview(body)[HEADER_SIZE:]
+        return self._next_message()

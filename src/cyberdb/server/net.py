@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import cast
 
 from .. import protocol
 from ..codec import decode_value, encode_value
@@ -69,6 +69,7 @@ class ServerConnection(asyncio.Protocol):
 
     def __init__(self, ctx: ServerContext) -> None:
         self._ctx = ctx
+        self._store = ctx.store
         self._transport: asyncio.Transport | None = None
         self._session: protocol.ServerSession | None = None
         self._peer = "?"
@@ -85,8 +86,8 @@ class ServerConnection(asyncio.Protocol):
     # ---- asyncio callbacks -------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # noqa: D102
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but have the same methods
+        self._transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         ctx = self._ctx
@@ -204,7 +205,7 @@ class ServerConnection(asyncio.Protocol):
         else:  # one timer per connection, re-armed lazily instead of on every request
             self._timer = asyncio.get_running_loop().call_later(self._ctx.timeout - idle, self._check_timeout)
 
-    def _execute(self, session: protocol.ServerSession, req_id: int, op: int, payload: memoryview) -> bytes:
+    def _execute(self, session: protocol.ServerSession, req_id: int, op: int, payload: bytes) -> bytes:
         self.requests += 1
         spec = BY_ID.get(op)
         if spec is None:
@@ -215,13 +216,12 @@ class ServerConnection(asyncio.Protocol):
         if self._log:
             logger.debug("%s %s %r", self._peer, spec.name, args[:1])
         try:
-            result: Any = self._ctx.store.execute(spec, args)
-            body = encode_value(result)
+            body = encode_value(self._store.execute(spec, args))
             if len(body) > _MAX_REPLY_PAYLOAD:
                 raise ValueError(f"the reply of {len(body)} bytes exceeds the frame limit")
-            return session.reply(req_id, _STATUS_OK, body)
         except Exception as exc:  # a data error goes back to the client; the connection stays usable
             return session.reply(req_id, error_code(exc), _encode_error(exc, spec.name))
+        return session.reply(req_id, _STATUS_OK, body)
 
 
 def _encode_error(exc: Exception, command: str) -> bytes:

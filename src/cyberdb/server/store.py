@@ -34,23 +34,32 @@ class Store:
     def execute(self, spec: CommandSpec, args: list[Any]) -> Any:
         """Run one command and return its result; data errors propagate as the builtin exceptions.
 
+        ``args`` is the decoded argument list; it is consumed (its first item is replaced by the table).
+
         Raises:
             TypeError: wrong number of arguments (or the builtin method's own TypeError).
         """
-        if spec.kind is None:
+        kind_type, low, high, fn, is_method = _PLANS[spec.op]
+        if kind_type is None:
             _check_arity(spec, len(args))
-            return _HANDLERS[spec.name](self, *args)
-        _check_arity(spec, len(args) - 1)
+            return fn(self, *args)
+        if not low <= len(args) - 1 <= high:
+            _check_arity(spec, len(args) - 1)
         name = args[0]
-        table = self.table(name, spec.kind)
+        table = self.tables.get(name) if type(name) is str else None
+        if type(table) is not kind_type:
+            self.table(name, str(spec.kind))  # raises the right error
+        if is_method:  # dict.get(table, key, ...)
+            args[0] = table
+        else:  # _handler(store, table, name, ...)
+            args = [self, table, *args]
+        if spec.readonly:
+            return fn(*args)
         try:
-            if spec.method is not None:
-                return getattr(table, spec.method)(*args[1:])
-            return _HANDLERS[spec.name](self, table, name, *args[1:])
-        finally:
-            if not spec.readonly:  # even a failed write may have changed something (a sort that raised)
-                self._clock += 1
-                self._versions[name] = self._clock
+            return fn(*args)
+        finally:  # even a failed write may have changed something (a sort that raised)
+            self._clock += 1
+            self._versions[name] = self._clock
 
     def table(self, name: Any, kind: str) -> Any:
         """Return table ``name``, checking it exists and is of ``kind``."""
@@ -223,5 +232,14 @@ _HANDLERS: dict[str, Callable[..., Any]] = {
     "list.replace_if": _list_replace_if,
 }
 
-_missing = [s.name for s in COMMANDS if s.method is None and s.name not in _HANDLERS]
-assert not _missing, f"commands without an implementation: {_missing}"
+# Per command id: (table type or None, min args, max args, function, whether it is a builtin method).  Built once
+# from the command table so that execute() does no lookups by name.
+_PLANS: dict[int, tuple[type | None, int, int, Callable[..., Any], bool]] = {}
+for _spec in COMMANDS:
+    _type = KIND_TYPES[_spec.kind] if _spec.kind is not None else None
+    if _spec.method is not None:
+        assert _type is not None, _spec.name
+        _PLANS[_spec.op] = (_type, _spec.min_args, _spec.max_args, getattr(_type, _spec.method), True)
+    else:
+        assert _spec.name in _HANDLERS, f"command without an implementation: {_spec.name}"
+        _PLANS[_spec.op] = (_type, _spec.min_args, _spec.max_args, _HANDLERS[_spec.name], False)
