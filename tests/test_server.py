@@ -376,3 +376,16 @@ def test_an_error_about_a_huge_value_is_a_short_error(plain_server: ServerProces
         assert lst.tolist() == [1]
         proxy.delete_table(name)
     client.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_both_event_loops_serve_and_encrypt(make_server, loop: str, name: str) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server(encrypt=True, extra=["--loop", loop])
+    client = srv.connect()
+    with client.get_proxy() as proxy:
+        d = proxy.create_cyberdict(name, {"a": (1, {2})})
+        d["b"] = None
+        assert d.todict() == {"a": (1, {2}), "b": None}
+        with pytest.raises(KeyError):
+            d["missing"]
+    client.close()
