@@ -266,3 +266,27 @@ def test_a_failed_reconnect_leaves_the_proxy_connected(tmp_path: Path, name: str
         client.close()
     finally:
         srv.stop()
+
+
+def test_get_of_a_known_table_costs_no_round_trip_and_stays_correct(server: ServerProcess, name: str) -> None:
+    client, other = server.connect(), server.connect()
+    with client.get_proxy() as proxy:
+        proxy.create_cyberdict(name, {"a": 1})
+        conn = proxy._conn
+        assert conn is not None
+        before = conn.requests
+        d = proxy.get_cyberdict(name)  # known to this client: no request
+        assert conn.requests == before
+        with pytest.raises(cyberdb.WrongTableTypeError):
+            proxy.get_cyberlist(name)  # another kind is asked of the server, which refuses
+        with other.get_proxy() as p2:
+            p2.delete_table(name)  # deleted behind this client's back
+            p2.create_cyberlist(name)
+        with pytest.raises(cyberdb.WrongTableTypeError):
+            d["a"]  # the server checks every command: the stale knowledge fails loudly at first use
+        assert proxy.get_cyberlist(name).tolist() == []  # and was forgotten
+        proxy.delete_table(name)
+        with pytest.raises(cyberdb.TableNotFoundError):
+            proxy.get_cyberlist(name)
+    client.close()
+    other.close()

@@ -27,6 +27,8 @@ from .errors import (
     DisconnectedError,
     PoolTimeoutError,
     ProtocolError,
+    TableNotFoundError,
+    WrongTableTypeError,
     error_from_code,
     map_errors,
     os_error,
@@ -294,6 +296,10 @@ class Client:
             return Connection(self.host, self.port, password, self.encrypt, socket_timeout=socket_timeout)
 
         self.pool = ConnectionPool(factory, max_idle_time=time_out, max_connections=max_connections)
+        # Tables this client has seen exist, with their kind: get_cyberdict() of a known table needs no round
+        # trip (every command checks the table again on the server, so a table deleted meanwhile still fails
+        # loudly, at its first use).  Forgotten on delete_table() and on a table error.
+        self.known_tables: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"<Client {self.host}:{self.port} encrypt={self.encrypt} {self.pool!r}>"
@@ -376,6 +382,10 @@ class Proxy:
                 conn = self._replace(conn)  # broken earlier, or the parent's socket after a fork
             try:
                 return conn.call(spec, list(args))
+            except (TableNotFoundError, WrongTableTypeError):
+                if args:
+                    self._client.known_tables.pop(args[0], None)
+                raise
             except ConnectionLostError as exc:
                 delay = self._client.retry.next_delay(spec, attempt, exc)
                 if delay is None:
@@ -403,6 +413,7 @@ class Proxy:
         """
         data = {} if content is None else _as_dict(content)
         self._execute(_DB_CREATE, table_name, "dict", data)
+        self._remember(table_name, "dict")
         return CyberDict(self, table_name)
 
     def create_cyberlist(self, table_name: str, content: Any = None) -> CyberList:
@@ -413,6 +424,7 @@ class Proxy:
         """
         data = [] if content is None else _as_list(content)
         self._execute(_DB_CREATE, table_name, "list", data)
+        self._remember(table_name, "list")
         return CyberList(self, table_name)
 
     def get_cyberdict(self, table_name: str) -> CyberDict:
@@ -422,7 +434,7 @@ class Proxy:
             TableNotFoundError: no such table.
             WrongTableTypeError: the table is a CyberList.
         """
-        self._execute(_DB_CHECK, table_name, "dict")
+        self._check(table_name, "dict")
         return CyberDict(self, table_name)
 
     def get_cyberlist(self, table_name: str) -> CyberList:
@@ -432,8 +444,21 @@ class Proxy:
             TableNotFoundError: no such table.
             WrongTableTypeError: the table is a CyberDict.
         """
-        self._execute(_DB_CHECK, table_name, "list")
+        self._check(table_name, "list")
         return CyberList(self, table_name)
+
+    def _check(self, table_name: str, kind: str) -> None:
+        if self._conn is None:
+            raise DisconnectedError("this proxy is closed: call proxy.connect() before using it or its tables")
+        if self._client.known_tables.get(table_name) != kind:
+            self._execute(_DB_CHECK, table_name, kind)
+            self._remember(table_name, kind)
+
+    def _remember(self, table_name: str, kind: str) -> None:
+        known = self._client.known_tables
+        if len(known) >= 10_000:  # a cache, not a catalogue: never let it grow without bound
+            known.clear()
+        known[table_name] = kind
 
     def tables(self) -> dict[str, str]:
         """Return ``{table name: "CyberDict" | "CyberList"}``."""
@@ -454,6 +479,7 @@ class Proxy:
         Raises:
             TableNotFoundError: no such table.
         """
+        self._client.known_tables.pop(table_name, None)
         self._execute(_DB_DELETE, table_name)
 
 
