@@ -138,22 +138,22 @@ class ServerConnection(asyncio.Protocol):
     def _process(self) -> None:
         """Execute the complete requests received so far (until writing is paused) and write the replies."""
         session, transport = self._session, self._transport
-        if session is None or transport is None:
+        if session is None or transport is None or self._paused:
             return
         replies: list[bytes] = []
         pending = 0
         try:
-            while not self._paused:
-                was_ready = session.ready
+            if not session.ready:
                 request = session.next_request()
-                if not was_ready:
-                    handshake = session.data_to_send()
-                    if handshake:
-                        transport.write(handshake)
-                    if session.ready:
-                        self._authenticated()
-                if request is None:
-                    break
+                handshake = session.data_to_send()
+                if handshake:
+                    transport.write(handshake)
+                if not session.ready:
+                    return
+                self._authenticated()
+            else:
+                request = session.next_request()
+            while request is not None:
                 reply = self._execute(session, *request)
                 replies.append(reply)
                 pending += len(reply)
@@ -161,8 +161,11 @@ class ServerConnection(asyncio.Protocol):
                     transport.write(b"".join(replies))
                     replies.clear()
                     pending = 0
+                if self._paused:
+                    break
+                request = session.next_request()
             if replies:
-                transport.write(b"".join(replies))
+                transport.write(replies[0] if len(replies) == 1 else b"".join(replies))
         except (AuthenticationError, ProtocolError) as exc:
             # answer what was executed before the bad frame, say why if still in the handshake, then close
             logger.warning("closing %s: %s", self._peer, exc)
