@@ -113,6 +113,16 @@ def _list_hook(items: list[Any]) -> Any:
     return items
 
 
+class _HasContainersError(Exception):
+    """Raised by the first pass on the first tuple/set marker: decode again with the list hook."""
+
+
+def _ext_hook_first_pass(code: int, data: bytes) -> Any:
+    if code in _MARK_OF_CODE:
+        raise _HasContainersError
+    return _scalar_ext(code, data)
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
     mark = _MARK_OF_CODE.get(code)
     if mark is not None:
@@ -120,6 +130,10 @@ def _ext_hook(code: int, data: bytes) -> Any:
             raise ValueError("container marker with a payload")
         _state.pending += 1
         return mark
+    return _scalar_ext(code, data)
+
+
+def _scalar_ext(code: int, data: bytes) -> Any:
     if code == _BIGINT:
         if len(data) > MAX_BIGINT_BYTES:
             raise ValueError("int too large")
@@ -149,19 +163,15 @@ def _unpackb(data: bytes) -> Any:
     # Most values hold no tuple or set: decode once without the list hook (a Python call per array) and only
     # if a container marker turned up decode again with it.  timestamp=3: msgpack's own timestamp extension
     # (-1) can only ever decode to a datetime, a supported type.
-    _state.pending = 0
     try:
-        value = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False, timestamp=3)
-    except TypeError:
-        if not _state.pending:
-            raise
-        # e.g. a tuple used as a dict key is still an (unhashable) list in this first pass
+        return msgpack.unpackb(data, ext_hook=_ext_hook_first_pass, raw=False, strict_map_key=False, timestamp=3)
+    except _HasContainersError:
+        pass
+    _state.pending = 0
+    value = msgpack.unpackb(data, ext_hook=_ext_hook, list_hook=_list_hook, raw=False, strict_map_key=False,
+                            timestamp=3)
     if _state.pending:
-        _state.pending = 0
-        value = msgpack.unpackb(data, ext_hook=_ext_hook, list_hook=_list_hook, raw=False, strict_map_key=False,
-                                timestamp=3)
-        if _state.pending:
-            raise ValueError("a container marker outside the first place of an array")
+        raise ValueError("a container marker outside the first place of an array")
     return value
 
 

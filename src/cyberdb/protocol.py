@@ -149,18 +149,15 @@ class _Session:
             raise
         return body
 
-    def _frame(self, body: bytes) -> bytes:
-        if self.state is State.CLOSED:
-            raise ProtocolError("session is closed")
-        if self._cipher is not None:
-            body = self._cipher.seal(body)
-        return encode_frame(body)
-
     def _message(self, req_id: int, code: int, payload: bytes) -> bytes:
         """The frame of one request or reply (the hot path: one struct pack and one concatenation)."""
-        if self._cipher is None and self.state is State.READY:
+        if self.state is not State.READY:
+            raise ProtocolError("session is closed")
+        cipher = self._cipher
+        if cipher is None:
             return _FRAMED_HEADER.pack(len(payload) + HEADER_SIZE, req_id, code) + payload
-        return self._frame(_HEADER.pack(req_id, code) + payload)
+        sealed = cipher.seal(_HEADER.pack(req_id, code) + payload)
+        return _LEN.pack(len(sealed)) + sealed
 
     def _next_message(self) -> tuple[int, int, bytes] | None:
         """The next (request id, code, payload) after the handshake, or None if more data is needed."""

@@ -128,7 +128,8 @@ class ServerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:  # noqa: D102
         if self._session is None:
             return
-        self._last_active = time.monotonic()
+        if self._ctx.timeout:  # only the idle timeout reads it
+            self._last_active = time.monotonic()
         try:
             self._session.feed(data)
         except ProtocolError:
