@@ -1,10 +1,11 @@
-"""Child processes for seed.py and memory.py: start, wait until ready, stop by PID, free ports.
+"""Child processes for bench.py, seed.py and memory.py: start, wait until ready, stop by PID, free ports.
 
-This module owns every process those two benchmarks start. Each child runs in its own session (so Ctrl-C
+This module owns every process the benchmarks start. Each child runs in its own session (so Ctrl-C
 reaches only the benchmark, which then stops the children in order) with PR_SET_PDEATHSIG (so a SIGKILLed
-benchmark leaves no orphans), logs to a file, and is stopped by its PID: SIGTERM, then SIGKILL of the process
-group it leads (Gunicorn's workers are in it), waiting until the group is gone so its ports are free again.
-Readiness is always polled (connect, PING, HTTP GET), never a fixed sleep. Only 127.0.0.1 is used.
+benchmark leaves no orphans), optionally pinned to CPUs, logs to a file (or talks over pipes), and is stopped
+by its PID: SIGTERM, then SIGKILL of the process group it leads (Gunicorn's workers are in it), waiting until
+the group is gone so its ports are free again. Readiness is always polled (connect, PING, HTTP GET), never a
+fixed sleep. Only 127.0.0.1 is used.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import ctypes
 import http.client
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +40,11 @@ class BenchError(Exception):
 
 @dataclass
 class Proc:
-    """A child we started; `resend` repeats SIGTERM while stopping (Gunicorn)."""
+    """A child we started; `resend` repeats SIGTERM while stopping (Gunicorn); `log` is None for a piped one."""
 
     name: str
     popen: subprocess.Popen[bytes]
-    log: Path
+    log: Path | None
     resend: bool = False
 
     @property
@@ -55,7 +58,7 @@ class Proc:
 
     def tail(self, lines: int = 30) -> str:
         """The last lines of the child's log, indented."""
-        if not self.log.exists():
+        if self.log is None or not self.log.exists():
             return ""
         text = self.log.read_text(errors="replace").splitlines()[-lines:]
         return "\n".join(f"  | {line}" for line in text)
@@ -65,7 +68,7 @@ class Proc:
         return BenchError(f"{self.name} (pid {self.pid}): {message}\n{self.tail()}")
 
 
-def _preexec() -> Any:
+def _preexec(cpus: set[int] | None = None) -> Any:
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
@@ -74,6 +77,8 @@ def _preexec() -> Any:
     def preexec() -> None:
         if prctl is not None:
             prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if cpus:
+            os.sched_setaffinity(0, cpus)
 
     return preexec
 
@@ -92,22 +97,30 @@ class Procs:
         cwd: Path,
         env: dict[str, str] | None = None,
         resend: bool = False,
+        cpus: set[int] | None = None,
+        pipes: bool = False,
     ) -> Proc:
-        """Start argv in its own session, stdout and stderr to logdir/<name>.log."""
-        log = self.logdir / f"{name}.log"
-        with log.open("ab") as out:
-            out.write(f"--- {shlex.join(argv)}\n".encode())
-            out.flush()
-            popen = subprocess.Popen(
-                list(argv),
-                cwd=cwd,
-                env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_preexec(),
-            )
+        """Start argv in its own session (pinned to `cpus` if given), stdout and stderr to logdir/<name>.log.
+
+        With `pipes`, stdin and stdout are pipes to us instead (popen.stdin/stdout) and stderr is ours; no log.
+        """
+        common: dict[str, Any] = {
+            "cwd": cwd,
+            "env": dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
+            "start_new_session": True,
+            "preexec_fn": _preexec(cpus),
+        }
+        log = None
+        if pipes:
+            popen = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, **common)
+        else:
+            log = self.logdir / f"{name}.log"
+            with log.open("ab") as out:
+                out.write(f"--- {shlex.join(argv)}\n".encode())
+                out.flush()
+                popen = subprocess.Popen(
+                    list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, **common
+                )
         proc = Proc(name, popen, log, resend)
         self.procs.append(proc)
         return proc
@@ -144,6 +157,10 @@ class Procs:
         deadline = time.monotonic() + timeout
         while _group_alive(proc.pid) and time.monotonic() < deadline:
             time.sleep(POLL_S)
+        for pipe in (proc.popen.stdin, proc.popen.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
         if proc in self.procs:
             self.procs.remove(proc)
         return proc.popen.returncode
@@ -252,6 +269,19 @@ def wait_http(proc: Proc, port: int, timeout: float) -> tuple[int, str, bytes]:
         time.sleep(POLL_S)
 
 
+def redis_server_argv(port: int, workdir: Path) -> list[str]:
+    """argv of a redis-server on 127.0.0.1:port, in the foreground, persisting nothing, files in workdir.
+
+    Raises:
+        BenchError: redis-server is not on PATH.
+    """
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        raise BenchError("redis-server is not on PATH (bench/run installs it with apt-get)")
+    argv = [redis_server, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+    return [*argv, "--dir", str(workdir), "--protected-mode", "yes", "--daemonize", "no"]
+
+
 def install_signal_handlers() -> None:
     """SIGTERM raises SystemExit and SIGINT KeyboardInterrupt, so that `finally` stops the children."""
 
@@ -261,3 +291,27 @@ def install_signal_handlers() -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
     # Ctrl-C must reach the cleanup even when started with SIGINT ignored (e.g. `bench/run seed &`).
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def run_guarded(procs: Procs, what: str, body: Callable[[], None], show_logs: bool = False) -> int:
+    """Run body and stop every child of procs afterwards, whatever happens; return an exit code.
+
+    0 if body returned; 1 after printing `<what> failed: ...` for a BenchError; 130 after Ctrl-C. Any other
+    exception propagates (with `show_logs`, after printing every live child's log tail).
+    """
+    try:
+        body()
+    except BenchError as exc:
+        print(f"{what} failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        if show_logs:
+            for proc in procs.procs:  # a client error (e.g. from cyberdb): show what the servers said
+                print(f"{proc.name} (pid {proc.pid}) log (tail):\n{proc.tail()}", file=sys.stderr)
+        raise
+    finally:
+        procs.stop_all()
+    return 0

@@ -3,7 +3,7 @@
 This file owns the orchestration: it starts every server in its own process on a free 127.0.0.1 port,
 drives client worker processes (_worker.py, one connection each), interleaves the systems in every round,
 and prints ops/s, p50/p99 latency and the ratio to the baseline system. Everything it starts it stops by
-PID, on success, on error and on Ctrl-C; children also get SIGTERM if this process dies (PR_SET_PDEATHSIG).
+PID, on success, on error and on Ctrl-C; children also get SIGTERM if this process dies (bench/_proc.py).
 
 Rules that keep the numbers comparable:
 - servers and clients are separate processes (no shared GIL); every system runs the same keys and values;
@@ -15,33 +15,36 @@ Rules that keep the numbers comparable:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import math
 import os
 import platform
 import secrets
 import select
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _proc import (
+    HOST,
+    BenchError,
+    Proc,
+    Procs,
+    free_port,
+    install_signal_handlers,
+    redis_server_argv,
+    run_guarded,
+    wait_port,
+)
+
 HERE = Path(__file__).resolve().parent
-HOST = "127.0.0.1"
 PASSWORD_ENV = "CYBERDB_BENCH_PASSWORD"
 OPS = ("set", "get", "len", "append", "index")  # what each one does per system: bench/README.md
-
-
-class BenchError(Exception):
-    """A server or worker failed; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -85,124 +88,12 @@ class Sample:
     n: int
 
 
-@dataclass
-class Proc:
-    """A child process we own, with its log file (servers) or pipes (workers)."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path | None = None
-    buf: bytearray = field(default_factory=bytearray)
-
-
-class Procs:
-    """Every process this run starts; stop_all() ends them by PID, newest first."""
-
-    def __init__(self, tmp: Path, server_cpus: set[int] | None, client_cpus: set[int] | None) -> None:
-        self.tmp = tmp
-        self.server_cpus = server_cpus
-        self.client_cpus = client_cpus
-        self.procs: list[Proc] = []
-        self.password = secrets.token_hex(16)
-
-    def _spawn(self, name: str, argv: list[str], cpus: set[int] | None, log: Path | None) -> Proc:
-        env = dict(os.environ, **{PASSWORD_ENV: self.password, "PYTHONUNBUFFERED": "1"})
-        # New session: Ctrl-C reaches only us, and we stop the children in order.
-        common: dict[str, Any] = {
-            "env": env,
-            "cwd": self.tmp,
-            "start_new_session": True,
-            "preexec_fn": _child_preexec(cpus),
-        }
-        if log is None:  # a worker: JSON lines on its pipes, its stderr is ours
-            popen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, **common)
-        else:
-            with log.open("wb") as out:
-                popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, **common)
-        proc = Proc(name, popen, log)
-        self.procs.append(proc)
-        return proc
-
-    def server(self, name: str, argv: list[str], port: int, ping: bytes | None, deadline_s: float) -> Proc:
-        """Start a server and return once it answers on `port` (PING reply if `ping`, else a connect)."""
-        proc = self._spawn(name, argv, self.server_cpus, log=self.tmp / f"{name}.log")
-        deadline = time.monotonic() + deadline_s
-        while True:
-            if proc.popen.poll() is not None:
-                raise BenchError(f"{name} exited with {proc.popen.returncode} while starting\n{_tail(proc)}")
-            if _answers(port, ping):
-                return proc
-            if time.monotonic() > deadline:
-                raise BenchError(f"{name} not ready on port {port} after {deadline_s:.0f}s\n{_tail(proc)}")
-            time.sleep(0.02)  # polling interval of the readiness loop, not a wait for readiness
-
-    def worker(self, name: str, argv: list[str]) -> Proc:
-        """Start a client worker (its stderr goes to ours)."""
-        return self._spawn(name, argv, self.client_cpus, log=None)
-
-    def stop_all(self) -> None:
-        """SIGTERM every live child by PID, then SIGKILL what is left after 5 s."""
-        for proc in reversed(self.procs):
-            if proc.popen.poll() is None:
-                proc.popen.terminate()
-        deadline = time.monotonic() + 5
-        for proc in reversed(self.procs):
-            try:
-                proc.popen.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait()
-            for pipe in (proc.popen.stdin, proc.popen.stdout):
-                if pipe is not None:
-                    pipe.close()
-        self.procs.clear()
-
-
-def _child_preexec(cpus: set[int] | None) -> Any:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        prctl = None
-
-    def preexec() -> None:
-        if prctl is not None:
-            prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: no orphans if bench.py is SIGKILLed
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-
-    return preexec
-
-
-def _tail(proc: Proc, lines: int = 20) -> str:
-    if proc.log is None or not proc.log.exists():
-        return ""
-    text = proc.log.read_text(errors="replace").splitlines()[-lines:]
-    return "\n".join(f"  | {line}" for line in text)
-
-
-def _answers(port: int, ping: bytes | None) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=1) as sock:
-            if ping is None:
-                return True
-            sock.sendall(ping)
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 class Worker:
     """bench.py's end of one _worker.py process: JSON lines with a deadline on every read."""
 
     def __init__(self, proc: Proc) -> None:
         self.proc = proc
+        self.buf = bytearray()  # read but not yet returned
 
     def send(self, msg: dict[str, Any]) -> None:
         stdin = self.proc.popen.stdin
@@ -217,7 +108,7 @@ class Worker:
         stdout = self.proc.popen.stdout
         assert stdout is not None
         fd = stdout.fileno()
-        buf = self.proc.buf
+        buf = self.buf
         while b"\n" not in buf:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -230,7 +121,7 @@ class Worker:
                     raise BenchError(f"worker {self.proc.name} exited with {code} without answering")
                 buf += chunk
         line, _, rest = bytes(buf).partition(b"\n")
-        self.proc.buf = bytearray(rest)
+        self.buf = bytearray(rest)
         msg: dict[str, Any] = json.loads(line)
         if "error" in msg:
             raise BenchError(f"worker {self.proc.name} failed:\n{msg['error']}")
@@ -240,9 +131,13 @@ class Worker:
 class Bench:
     """One run: servers, worker pools, rounds, results."""
 
-    def __init__(self, args: argparse.Namespace, procs: Procs) -> None:
+    def __init__(self, args: argparse.Namespace, procs: Procs, tmp: Path) -> None:
         self.args = args
         self.procs = procs
+        self.tmp = tmp  # the children's cwd, redis-server's --dir and the servers' logs
+        self.env = {PASSWORD_ENV: secrets.token_hex(16)}
+        self.server_cpus = _cpus(args.server_cpus) or None
+        self.client_cpus = _cpus(args.client_cpus) or None
         self.ports: dict[str, int] = {}
         self.pools: dict[str, list[Worker]] = {}
         self.info: dict[str, Any] = {}
@@ -253,24 +148,21 @@ class Bench:
         """Start the server behind `key` once."""
         if key in self.ports:
             return
-        port = _free_port()
+        port = free_port()
         py = sys.executable
         ping = None
         program, extra = SERVERS[key]
         if program == "redis":
-            redis_server = shutil.which("redis-server")
-            if redis_server is None:
-                raise BenchError("redis-server not on PATH (bench/run installs it with apt-get)")
-            argv = [redis_server, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
-            argv += ["--dir", str(self.procs.tmp), "--protected-mode", "yes", "--daemonize", "no", *extra]
+            argv = [*redis_server_argv(port, self.tmp), *extra]
             ping = b"*1\r\n$4\r\nPING\r\n"
-            version = subprocess.run([redis_server, "--version"], capture_output=True, text=True).stdout
+            version = subprocess.run([argv[0], "--version"], capture_output=True, text=True).stdout
             self.info["redis-server"] = version.strip()
         elif program == "cyberdb":
             argv = [py, str(HERE / "_cyberdb_server.py"), "--host", HOST, "--port", str(port), *extra]
         else:
             argv = [py, str(HERE / "_echo_server.py"), "--host", HOST, "--port", str(port), *extra]
-        self.procs.server(key, argv, port, ping, self.args.start_timeout)
+        proc = self.procs.spawn(key, argv, self.tmp, self.env, cpus=self.server_cpus)
+        wait_port(proc, port, self.args.start_timeout, ping)
         self.ports[key] = port
 
     # -- workers ------------------------------------------------------------------------------------------
@@ -289,7 +181,10 @@ class Bench:
             str(self.ports[system.server]),
             *system.client_args,
         ]
-        pool = [Worker(self.procs.worker(f"{system.name}#{i}", argv)) for i in range(size)]
+        pool = [
+            Worker(self.procs.spawn(f"{system.name}#{i}", argv, self.tmp, self.env, cpus=self.client_cpus, pipes=True))
+            for i in range(size)
+        ]
         deadline = time.monotonic() + self.args.start_timeout
         infos = [w.recv(deadline)["info"] for w in pool]
         self.info[system.name] = infos[0]
@@ -527,26 +422,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.baseline not in [s.name for s in systems]:
         print(f"note: baseline {args.baseline!r} is not running; the ratio column stays empty", file=sys.stderr)
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    # Ctrl-C must reach the cleanup even when started with SIGINT ignored (e.g. `bench/run &` in a script).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    install_signal_handlers()
     with tempfile.TemporaryDirectory(prefix="cyberdb-bench-") as tmp:
-        procs = Procs(Path(tmp), _cpus(args.server_cpus) or None, _cpus(args.client_cpus) or None)
-        bench = Bench(args, procs)
-        try:
-            bench.run(systems, echo=not args.no_echo)
-        except BenchError as exc:
-            print(f"bench failed: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-        finally:
-            procs.stop_all()
+        procs = Procs(Path(tmp))
+        bench = Bench(args, procs, Path(tmp))
+        rc = run_guarded(procs, "bench", lambda: bench.run(systems, echo=not args.no_echo))
+        if rc:
+            return rc
     report(bench, systems, echo=not args.no_echo)
     if args.json:
         dump_json(bench, args.json)

@@ -18,7 +18,6 @@ import importlib.metadata
 import os
 import platform
 import secrets
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _proc import HOST, BenchError, Procs, free_port, install_signal_handlers, wait_port
+from _proc import HOST, BenchError, Procs, free_port, install_signal_handlers, redis_server_argv, run_guarded, wait_port
 
 TABLE = "memory"
 
@@ -72,16 +71,12 @@ class Memory:
             self.tmp,
             {"CYBERDB_PASSWORD": password},
         )
-        redis_server = shutil.which("redis-server")
-        if redis_server is None:
-            raise BenchError("redis-server is not on PATH (bench/run installs it with apt-get)")
         rport = free_port()
-        argv = [redis_server, "--port", str(rport), "--bind", HOST, "--save", "", "--appendonly", "no"]
-        argv += ["--dir", str(self.tmp), "--protected-mode", "yes", "--daemonize", "no"]
+        argv = redis_server_argv(rport, self.tmp)
         rserv = self.procs.spawn("redis-server", argv, self.tmp)
         wait_port(cyber, cport, self.args.start_timeout)
         wait_port(rserv, rport, self.args.start_timeout, ping=b"*1\r\n$4\r\nPING\r\n")
-        self.info.append(subprocess.run([redis_server, "--version"], capture_output=True, text=True).stdout.strip())
+        self.info.append(subprocess.run([argv[0], "--version"], capture_output=True, text=True).stdout.strip())
 
         client = cyberdb.connect(HOST, cport, password=password)
         r = redis.Redis(host=HOST, port=rport, decode_responses=True)
@@ -186,20 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cyberdb-memory-bench-") as tmp:
         procs = Procs(Path(tmp))
         memory = Memory(args, procs, Path(tmp))
-        try:
-            memory.run()
-        except BenchError as exc:
-            print(f"memory bench failed: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-        except Exception:
-            for proc in procs.procs:  # a client error (e.g. from cyberdb): show what the servers said
-                print(f"{proc.name} (pid {proc.pid}) log (tail):\n{proc.tail()}", file=sys.stderr)
-            raise
-        finally:
-            procs.stop_all()
+        # show_logs: a client error (e.g. from cyberdb) also prints what the servers said
+        rc = run_guarded(procs, "memory bench", memory.run, show_logs=True)
+        if rc:
+            return rc
     memory.report()
     return 0
 

@@ -40,6 +40,8 @@ from _proc import (
     free_port,
     http_get,
     install_signal_handlers,
+    redis_server_argv,
+    run_guarded,
     wait_http,
     wait_port,
     wait_port_free,
@@ -146,13 +148,8 @@ class Seed:
     def _start_redis(self) -> None:
         import redis
 
-        redis_server = shutil.which("redis-server")
-        if redis_server is None:
-            raise BenchError("redis-server is not on PATH (bench/run installs it with apt-get)")
         port = free_port()
-        argv = [redis_server, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
-        argv += ["--dir", str(self.tmp), "--protected-mode", "yes", "--daemonize", "no"]
-        proc = self.procs.spawn("redis-server", argv, self.tmp)
+        proc = self.procs.spawn("redis-server", redis_server_argv(port, self.tmp), self.tmp)
         wait_port(proc, port, self.args.start_timeout, ping=b"*1\r\n$4\r\nPING\r\n")
         client = redis.Redis(host=HOST, port=port)
         try:
@@ -349,17 +346,14 @@ def main(argv: list[str] | None = None) -> int:
         procs = Procs(Path(tmp))
         seed = Seed(args, procs, Path(tmp))
         seed.info = info
-        try:
+
+        def body() -> None:
             seed.start()
             seed.run()
-        except BenchError as exc:
-            print(f"seed bench failed: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-        finally:
-            procs.stop_all()
+
+        rc = run_guarded(procs, "seed bench", body)
+        if rc:
+            return rc
         seed.report()  # inside the temp dir: it may print log tails
     return 0
 
