@@ -45,6 +45,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
 _HAVE_FORK_HOOK = hasattr(os, "register_at_fork")
 _RECV_SIZE = 1 << 16
+_CLOSED = "this proxy is closed: call proxy.connect() before using it or its tables"
 _DB_PING, _DB_CREATE, _DB_CHECK, _DB_TABLES, _DB_DELETE = (
     BY_NAME[n] for n in ("db.ping", "db.create", "db.check", "db.tables", "db.delete"))
 
@@ -377,7 +378,7 @@ class Proxy:
         while True:
             conn = self._conn
             if conn is None:
-                raise DisconnectedError("this proxy is closed: call proxy.connect() before using it or its tables")
+                raise DisconnectedError(_CLOSED)
             if conn.broken or conn.forks != _forks[0] or not _HAVE_FORK_HOOK and conn.pid != os.getpid():
                 conn = self._replace(conn)  # broken earlier, or the parent's socket after a fork
             try:
@@ -449,7 +450,7 @@ class Proxy:
 
     def _check(self, table_name: str, kind: str) -> None:
         if self._conn is None:
-            raise DisconnectedError("this proxy is closed: call proxy.connect() before using it or its tables")
+            raise DisconnectedError(_CLOSED)
         if self._client.known_tables.get(table_name) != kind:
             self._execute(_DB_CHECK, table_name, kind)
             self._remember(table_name, kind)
