@@ -290,3 +290,22 @@ def test_get_of_a_known_table_costs_no_round_trip_and_stays_correct(server: Serv
             proxy.get_cyberlist(name)
     client.close()
     other.close()
+
+
+def test_a_table_deleted_elsewhere_is_reported_by_get_once_the_check_expires(server: ServerProcess, name: str) -> None:
+    client, other = server.connect(), server.connect()
+    strict = server.connect(table_check_ttl=0)
+    with client.get_proxy() as proxy, strict.get_proxy() as sp, other.get_proxy() as op:
+        proxy.create_cyberdict(name)
+        sp.get_cyberdict(name)
+        op.delete_table(name)
+        with pytest.raises(cyberdb.TableNotFoundError):
+            sp.get_cyberdict(name)  # table_check_ttl=0: every get asks the server
+        kind, seen = client.known_tables[name]
+        client.known_tables[name] = (kind, seen - 2 * client.table_check_ttl)  # as if checked 2 s ago
+        with pytest.raises(cyberdb.TableNotFoundError):
+            proxy.get_cyberdict(name)  # the usual try/get/except/create idiom works again
+        with pytest.raises(cyberdb.TableNotFoundError):
+            proxy.get_cyberdict(["not", "a", "name"])  # type: ignore[arg-type]
+    for c in (client, other, strict):
+        c.close()

@@ -522,3 +522,21 @@ def test_offsets_that_are_not_whole_seconds_survive(offset: dt.timedelta) -> Non
         back = roundtrip(value)
         assert back == value or type(value) is dt.time  # aware times do not compare across offsets
         assert back.utcoffset() == value.utcoffset() and back.replace(tzinfo=None) == value.replace(tzinfo=None)
+
+
+class _EncodingZone(dt.tzinfo):
+    """A tzinfo whose utcoffset() itself encodes a value: encode_value re-entered from inside pack()."""
+
+    def utcoffset(self, d: dt.datetime | None) -> dt.timedelta:
+        encode_value(["from inside", list(range(50))])
+        return dt.timedelta(hours=1)
+
+    def dst(self, d: dt.datetime | None) -> dt.timedelta:
+        return dt.timedelta(0)
+
+
+def test_encode_value_is_reentrant() -> None:
+    value = ["before", dt.datetime(2020, 1, 1, tzinfo=_EncodingZone()), "after"]
+    back = decode_value(encode_value(value))
+    assert back[0] == "before" and back[2] == "after"
+    assert back[1].utcoffset() == dt.timedelta(hours=1)

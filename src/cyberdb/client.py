@@ -24,6 +24,7 @@ from .commands import BY_NAME, CommandSpec
 from .errors import (
     ConnectionError,
     ConnectionLostError,
+    CyberDBError,
     DisconnectedError,
     PoolTimeoutError,
     ProtocolError,
@@ -123,6 +124,9 @@ class Connection:
                     raise ConnectionLostError("the server closed the connection")
                 session.feed(data)
                 reply = session.next_reply()
+        except CyberDBError:
+            self.broken = True
+            raise
         except OSError as exc:
             self.broken = True
             raise os_error(exc) from exc
@@ -287,7 +291,8 @@ class Client:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 9980, password: str | None = None,
                  encrypt: bool = False, time_out: float | None = None, *, max_connections: int | None = None,
-                 socket_timeout: float | None = None, retry: Retry | None = None) -> None:
+                 socket_timeout: float | None = None, retry: Retry | None = None,
+                 table_check_ttl: float = 1.0) -> None:
         """Create a client; no connection is made until one is needed (``connect()`` makes one at once)."""
         self.host, self.port, self.encrypt = host, int(port), bool(encrypt)
         self.retry = retry if retry is not None else Retry()
@@ -297,10 +302,12 @@ class Client:
             return Connection(self.host, self.port, password, self.encrypt, socket_timeout=socket_timeout)
 
         self.pool = ConnectionPool(factory, max_idle_time=time_out, max_connections=max_connections)
-        # Tables this client has seen exist, with their kind: get_cyberdict() of a known table needs no round
-        # trip (every command checks the table again on the server, so a table deleted meanwhile still fails
-        # loudly, at its first use).  Forgotten on delete_table() and on a table error.
-        self.known_tables: dict[str, str] = {}
+        # Tables this client saw exist in the last `table_check_ttl` seconds, with their kind: get_cyberdict()
+        # of such a table needs no round trip.  Every command checks its table again on the server, so a table
+        # deleted meanwhile still fails loudly, at its first use.  Forgotten on delete_table() and on a table
+        # error; table_check_ttl=0 checks every time.
+        self.table_check_ttl = table_check_ttl
+        self.known_tables: dict[str, tuple[str, float]] = {}
 
     def __repr__(self) -> str:
         return f"<Client {self.host}:{self.port} encrypt={self.encrypt} {self.pool!r}>"
@@ -384,7 +391,7 @@ class Proxy:
             try:
                 return conn.call(spec, list(args))
             except (TableNotFoundError, WrongTableTypeError):
-                if args:
+                if args and type(args[0]) is str:
                     self._client.known_tables.pop(args[0], None)
                 raise
             except ConnectionLostError as exc:
@@ -451,15 +458,18 @@ class Proxy:
     def _check(self, table_name: str, kind: str) -> None:
         if self._conn is None:
             raise DisconnectedError(_CLOSED)
-        if self._client.known_tables.get(table_name) != kind:
+        known = self._client.known_tables.get(table_name) if type(table_name) is str else None
+        if known is None or known[0] != kind or time.monotonic() - known[1] > self._client.table_check_ttl:
             self._execute(_DB_CHECK, table_name, kind)
             self._remember(table_name, kind)
 
     def _remember(self, table_name: str, kind: str) -> None:
         known = self._client.known_tables
+        if type(table_name) is not str or self._client.table_check_ttl <= 0:
+            return
         if len(known) >= 10_000:  # a cache, not a catalogue: never let it grow without bound
             known.clear()
-        known[table_name] = kind
+        known[table_name] = (kind, time.monotonic())
 
     def tables(self) -> dict[str, str]:
         """Return ``{table name: "CyberDict" | "CyberList"}``."""
@@ -480,7 +490,8 @@ class Proxy:
         Raises:
             TableNotFoundError: no such table.
         """
-        self._client.known_tables.pop(table_name, None)
+        if type(table_name) is str:
+            self._client.known_tables.pop(table_name, None)
         self._execute(_DB_DELETE, table_name)
 
 

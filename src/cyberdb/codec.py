@@ -52,6 +52,7 @@ class _Marker:
 
 
 _MARK_OF_CODE = {_TUPLE: _Marker(tuple), _SET: _Marker(set), _FROZENSET: _Marker(frozenset)}
+_KEEP_PACKER_BELOW = 1 << 20
 _state = threading.local()  # markers seen minus markers consumed, per decode (decoding never yields)
 
 
@@ -177,16 +178,22 @@ def _unpackb(data: bytes) -> Any:
 
 def encode_value(obj: Any) -> bytes:
     """Encode a value; raise ``TypeError`` for an unsupported type (before anything is sent)."""
+    # One Packer per thread, reused (building one per call costs more than packing a small value).  It is taken
+    # out while in use: an encode_value() re-entered from inside pack() (a signal handler, a tzinfo method)
+    # gets a fresh one instead of writing into the same buffer.
+    packer = getattr(_state, "packer", None) or _new_packer()
+    _state.packer = None
+    data = b""
     try:
-        packer = _state.packer
-    except AttributeError:  # one Packer per thread: reusing it saves building one per call
-        packer = _state.packer = _new_packer()
-    try:
-        return packer.pack(obj)  # type: ignore[no-any-return]
+        data = packer.pack(obj)
+        return data  # type: ignore[no-any-return]
     except TypeError:
         raise
     except (ValueError, OverflowError, RecursionError) as exc:  # msgpack's limits: nesting, a str over 4 GiB
         raise TypeError(f"CyberDB cannot encode this value: {exc}") from None
+    finally:
+        if len(data) <= _KEEP_PACKER_BELOW:  # a packer keeps its largest buffer: drop it after a big value
+            _state.packer = packer
 
 
 def decode_value(data: bytes) -> Any:
