@@ -419,9 +419,7 @@ class Proxy:
         Raises:
             TableExistsError: a table of that name exists.
         """
-        data = {} if content is None else _as_dict(content)
-        self._execute(_DB_CREATE, table_name, "dict", data)
-        self._remember(table_name, "dict")
+        self._create(table_name, "dict", {} if content is None else _as_dict(content))
         return CyberDict(self, table_name)
 
     def create_cyberlist(self, table_name: str, content: Any = None) -> CyberList:
@@ -430,9 +428,7 @@ class Proxy:
         Raises:
             TableExistsError: a table of that name exists.
         """
-        data = [] if content is None else _as_list(content)
-        self._execute(_DB_CREATE, table_name, "list", data)
-        self._remember(table_name, "list")
+        self._create(table_name, "list", [] if content is None else _as_list(content))
         return CyberList(self, table_name)
 
     def get_cyberdict(self, table_name: str) -> CyberDict:
@@ -454,6 +450,10 @@ class Proxy:
         """
         self._check(table_name, "list")
         return CyberList(self, table_name)
+
+    def _create(self, table_name: str, kind: str, content: dict[Any, Any] | list[Any]) -> None:
+        self._execute(_DB_CREATE, table_name, kind, content)
+        self._remember(table_name, kind)
 
     def _check(self, table_name: str, kind: str) -> None:
         if self._conn is None:
