@@ -154,7 +154,7 @@ def test_server_restart_under_a_live_pool(tmp_path: Path, name: str) -> None:
         srv.stop()
 
 
-def test_write_on_a_dead_held_connection_says_it_may_have_been_lost(tmp_path: Path, name: str) -> None:
+def test_write_on_a_dead_held_connection_is_resent_on_a_new_one(tmp_path: Path, name: str) -> None:
     port = free_port()
     srv = ServerProcess(port=port)
     try:
@@ -164,8 +164,12 @@ def test_write_on_a_dead_held_connection_says_it_may_have_been_lost(tmp_path: Pa
         lst = proxy.create_cyberlist(name)
         srv.stop()
         srv = ServerProcess(port=port)
-        with pytest.raises(cyberdb.ConnectionLostError):
-            lst.append(1)  # not idempotent: never retried blindly
+        other = srv.connect()
+        with other.get_proxy() as p2:
+            p2.create_cyberlist(name)
+        other.close()
+        lst.append(1)  # the held connection is dead: the request is re-sent, with its number, on a new one
+        assert lst.tolist() == [1]
         proxy.close()
         client.close()
     finally:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cyberdb import AuthenticationError, CyberDBError, EncryptionMismatchError, ProtocolError, crypto
+from cyberdb import AuthenticationError, ConnectionLostError, CyberDBError, EncryptionMismatchError, ProtocolError, crypto
 from cyberdb import ConnectionError as CyberConnectionError
 from cyberdb.codec import decode_value, encode_value
 from cyberdb.protocol import MAX_FRAME, MAX_PREAUTH, ClientSession, FrameDecoder, ServerSession, encode_frame
@@ -185,7 +185,7 @@ class Pair:
         self.to_server(self.client.request(req_id, op, encode_value(args)))
         got = self.server.next_request()
         assert got is not None
-        rid, rop, payload = got
+        rid, rop, payload, _ack = got
         assert (rid, rop) == (req_id, op)
         assert decode_value(payload) == args
         assert self.server.next_request() is None
@@ -224,7 +224,7 @@ def test_many_requests_pipelined_in_one_feed(pair: Pair) -> None:
     pair.to_server(b"".join(pair.client.request(i, 100 + i, encode_value([i])) for i in range(50)))
     replies = []
     while (req := pair.server.next_request()) is not None:
-        req_id, op, payload = req
+        req_id, op, payload, _ack = req
         assert op == 100 + req_id
         replies.append(pair.server.reply(req_id, 0, encode_value(decode_value(payload)[0] * 2)))
     assert len(replies) == 50
@@ -559,6 +559,7 @@ def test_replayed_request_is_rejected(sealed: Pair) -> None:
 
 
 def test_replayed_reply_is_rejected(sealed: Pair) -> None:
+    sealed.client.request(1, 1, encode_value(["k"]))
     frame = sealed.server.reply(1, 0, encode_value("v"))
     sealed.client.feed(frame + frame)
     assert sealed.client.next_reply() is not None
@@ -655,3 +656,32 @@ def test_dead_sessions_refuse_to_build_frames(sealed: Pair) -> None:
         sealed.client.next_reply()
     with pytest.raises(ProtocolError):
         sealed.client.request(2, 1, b"\x90")
+
+
+def test_replies_must_answer_the_oldest_waiting_request(pair: Pair) -> None:
+    pair.client.request(5, 1, encode_value([]), ack=5)
+    pair.client.request(6, 1, encode_value([]), ack=5)
+    assert pair.client.awaiting == 2
+    pair.to_client(pair.server.reply(6, 0, encode_value(None)))
+    with pytest.raises(ProtocolError):
+        pair.client.next_reply()
+
+
+def test_eof_while_a_reply_is_awaited_is_a_lost_connection(pair: Pair) -> None:
+    pair.client.request(1, 1, encode_value([]))
+    pair.client.feed(b"")
+    with pytest.raises(ConnectionLostError):
+        pair.client.next_reply()
+
+
+def test_request_carries_its_number_and_ack(pair: Pair) -> None:
+    pair.to_server(pair.client.request(2**40, 104, encode_value(["t"]), ack=2**40 - 3))
+    assert pair.server.next_request() == (2**40, 104, encode_value(["t"]), 2**40 - 3)
+
+
+def test_hello_carries_the_client_id() -> None:
+    client = ClientSession("pw", False, client_id=b"c" * 16)
+    server = ServerSession(b"k" * 32, b"s" * 16, 1000, False)
+    server.feed(client.start())
+    assert server.next_request() is None
+    assert server.client_id == b"c" * 16

@@ -17,6 +17,7 @@ from conftest import PASSWORD, ServerProcess, free_port
 
 import cyberdb
 from cyberdb import protocol
+from cyberdb.codec import encode_value
 from cyberdb.commands import BY_NAME
 
 
@@ -217,14 +218,16 @@ def test_unknown_command_closes_only_that_connection(server: ServerProcess) -> N
 
 def test_wrong_arity_is_a_type_error_and_the_connection_stays_usable(server: ServerProcess, name: str) -> None:
     conn = cyberdb.Connection(server.host, server.port, PASSWORD, server.encrypt)
-    conn.call(BY_NAME["db.create"], [name, "dict", {}])
-    with pytest.raises(TypeError, match="arguments"):
-        conn.call(BY_NAME["dict.getitem"], [name, 1, 2, 3])
-    with pytest.raises(cyberdb.TableNotFoundError):
-        conn.call(BY_NAME["dict.len"], [name + "-missing"])
-    assert conn.call(BY_NAME["dict.len"], [name]) == 0
-    conn.call(BY_NAME["db.delete"], [name])
-    conn.close()
+    try:
+        conn.call(BY_NAME["db.create"].op, encode_value([name, "dict", {}]), 1, 1)
+        with pytest.raises(TypeError, match="arguments"):
+            conn.call(BY_NAME["dict.getitem"].op, encode_value([name, 1, 2, 3]), 2, 2)
+        with pytest.raises(cyberdb.TableNotFoundError):
+            conn.call(BY_NAME["dict.len"].op, encode_value([name + "-missing"]), 3, 3)
+        assert conn.call(BY_NAME["dict.len"].op, encode_value([name]), 4, 4) == 0
+        conn.call(BY_NAME["db.delete"].op, encode_value([name]), 5, 5)
+    finally:
+        conn.close()
 
 
 # ---- limits and settings --------------------------------------------------------------------------------------

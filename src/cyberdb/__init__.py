@@ -19,12 +19,15 @@ from __future__ import annotations
 from .client import Client, Connection, ConnectionPool, Proxy, connect
 from .errors import (
     AuthenticationError,
+    BatchAbortedError,
     ConcurrentModificationError,
     ConnectionError,
     ConnectionLostError,
     CyberDBError,
     DisconnectedError,
     EncryptionMismatchError,
+    LockLostError,
+    LockTimeoutError,
     PersistenceError,
     PoolTimeoutError,
     ProtocolError,
@@ -33,16 +36,30 @@ from .errors import (
     TableExistsError,
     TableNotFoundError,
     TimeoutError,
+    TransactionConflictError,
     WrongTableTypeError,
 )
+from .lock import Lock
+from .pipeline import Pending, Pipeline
 from .retry import Retry
 from .server import Server
-from .tables import CyberDict, CyberList
+from .tables import CyberDict, CyberList, CyberRef, Executor
+from .transaction import Transaction
 
 __version__ = "1.0.0.dev0"
 
 __all__ = [
     "AuthenticationError",
+    "BatchAbortedError",
+    "CyberRef",
+    "Executor",
+    "Lock",
+    "LockLostError",
+    "LockTimeoutError",
+    "Pending",
+    "Pipeline",
+    "Transaction",
+    "TransactionConflictError",
     "Client",
     "ConcurrentModificationError",
     "Connection",

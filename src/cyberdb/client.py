@@ -1,5 +1,11 @@
 """The synchronous client: Connection, ConnectionPool, Client, Proxy and ``connect()``.
 
+A :class:`Proxy` is the immediate executor of the table layer (see :mod:`cyberdb.tables`): each call is sent
+at once.  Every request gets a number from its :class:`Client` (which has a random 16-byte id per process),
+so a request re-sent on a new connection after a lost reply keeps its number and the server answers it from
+its reply cache instead of running it twice; that is why *every* command, read or write, is retried across a
+reconnect, and ``ConnectionLostError`` means the retry budget is spent.
+
 Plain blocking sockets, looked up through the ``socket`` module at call time so that gevent's monkey-patching
 (which Gunicorn's gevent worker applies after fork) makes them cooperative.  The pool is safe to share between
 threads and greenlets and across ``fork()``: a child never uses its parent's sockets (it closes its copies,
@@ -14,9 +20,9 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from . import protocol
 from .codec import decode_value, encode_value
@@ -29,13 +35,17 @@ from .errors import (
     PoolTimeoutError,
     ProtocolError,
     TableNotFoundError,
+    TimeoutError,
     WrongTableTypeError,
     error_from_code,
     map_errors,
     os_error,
 )
+from .lock import Lock
+from .pipeline import Pipeline
 from .retry import Retry
-from .tables import CyberDict, CyberList
+from .tables import SPEC_REPLY, CyberDict, CyberList, Steps, drive, stream
+from .transaction import Transaction, transact
 
 __all__ = ["Client", "Connection", "ConnectionPool", "Proxy", "connect"]
 
@@ -46,17 +56,22 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
 _HAVE_FORK_HOOK = hasattr(os, "register_at_fork")
 _RECV_SIZE = 1 << 16
+_PIPELINE_CHUNK = 512 << 10  # request bytes written before reading their replies (the server stops reading a
+# peer that does not read its replies, so one huge write could wait forever on a huge pipeline)
+T = TypeVar("T")
+Raw = tuple[int, bytes]  # status, payload of one reply
 _CLOSED = "this proxy is closed: call proxy.connect() before using it or its tables"
-_DB_PING, _DB_CREATE, _DB_CHECK, _DB_TABLES, _DB_DELETE = (
-    BY_NAME[n] for n in ("db.ping", "db.create", "db.check", "db.tables", "db.delete"))
+_DB_PING, _DB_CREATE, _DB_CHECK, _DB_TABLES, _DB_DELETE, _DB_BATCH = (
+    BY_NAME[n] for n in ("db.ping", "db.create", "db.check", "db.tables", "db.delete", "db.batch"))
 
 
 class Connection:
     """One authenticated TCP connection to a server; not thread-safe (the pool hands it to one user at a time)."""
 
     def __init__(self, host: str, port: int, password: str | None, encrypt: bool,
-                 connect_timeout: float | None = 10.0, socket_timeout: float | None = None) -> None:
-        """Connect and complete the handshake.
+                 connect_timeout: float | None = 10.0, socket_timeout: float | None = None,
+                 client_id: bytes = protocol.ANONYMOUS) -> None:
+        """Connect and complete the handshake (``client_id`` names the client to the server's reply cache).
 
         Raises:
             AuthenticationError: wrong password.
@@ -68,8 +83,7 @@ class Connection:
         self.forks = _forks[0]
         self.broken = False
         self.requests = 0
-        self._next_id = 0
-        self._session = protocol.ClientSession(password, encrypt)
+        self._session = protocol.ClientSession(password, encrypt, client_id=client_id)
         try:
             sock = socket.create_connection((host, port), timeout=connect_timeout)
         except OSError as exc:
@@ -102,49 +116,70 @@ class Connection:
                 if out:
                     sock.sendall(out)
 
-    def call(self, spec: CommandSpec, args: list[Any]) -> Any:
-        """Send one command and return its result (one round trip).
+    def call(self, op: int, payload: bytes, req_id: int, ack: int) -> Any:
+        """Send one request and return its decoded result (one round trip).
 
         Raises:
-            TypeError: an argument cannot be encoded (nothing was sent).
-            ConnectionLostError: the connection broke; the connection is marked broken.
+            ConnectionLostError, TimeoutError: the connection broke (it is marked broken).
             KeyError, IndexError, ValueError, TypeError, ...: the error the command raised on the server.
         """
-        payload = encode_value(args)
         if self.broken:
             raise ConnectionLostError("this connection is broken")
-        self._next_id = req_id = (self._next_id + 1) & 0xFFFFFFFF
         session, sock = self._session, self.sock
         try:  # (no context manager here: this is the hot path, and one costs a microsecond)
-            sock.sendall(session.request(req_id, spec.op, payload))
+            sock.sendall(session.request(req_id, op, payload, ack))
             reply = None
             while reply is None:  # nothing is buffered between calls (checked below), so read first
-                data = sock.recv(_RECV_SIZE)
-                if not data:
-                    raise ConnectionLostError("the server closed the connection")
-                session.feed(data)
+                session.feed(sock.recv(_RECV_SIZE))
                 reply = session.next_reply()
-        except CyberDBError:
-            self.broken = True
-            raise
-        except OSError as exc:
-            self.broken = True
-            raise os_error(exc) from exc
-        except BaseException:  # incl. gevent.Timeout / KeyboardInterrupt: the stream position is unknown
-            self.broken = True
+        except BaseException as exc:  # incl. gevent.Timeout / KeyboardInterrupt: the stream position is unknown
+            self._fail(exc)
             raise
         self.requests += 1
-        got_id, status, body = reply
-        if got_id != req_id:
-            self.broken = True
-            raise ProtocolError(f"reply to request {got_id} while waiting for {req_id}")
         if session.decoder.pending():
             self.broken = True
             raise ProtocolError("unexpected data after a reply")
+        status, body = reply[1], reply[2]
         if status == protocol.STATUS_OK:
             return decode_value(body)
-        error_args = decode_value(body)
-        raise error_from_code(status, tuple(error_args) if type(error_args) is list else (str(error_args),))
+        raise reply_error(status, body)
+
+    def call_many(self, requests: list[tuple[int, int, bytes]], ack: int, out: list[Raw]) -> None:
+        """Send requests ``(req_id, op, payload)`` in few writes and append each ``(status, payload)`` to ``out``.
+
+        Replies that arrived stay in ``out`` when the connection breaks, so the caller re-sends only the rest.
+
+        Raises:
+            ConnectionLostError, TimeoutError: the connection broke (it is marked broken).
+        """
+        if self.broken:
+            raise ConnectionLostError("this connection is broken")
+        session, sock = self._session, self.sock
+        try:
+            i = 0
+            while i < len(requests):
+                frames, size = [], 0
+                while i < len(requests) and size < _PIPELINE_CHUNK:
+                    req_id, op, payload = requests[i]
+                    frames.append(session.request(req_id, op, payload, ack))
+                    size += len(frames[-1])
+                    i += 1
+                sock.sendall(b"".join(frames))
+                while session.awaiting:
+                    reply = session.next_reply()
+                    if reply is None:
+                        session.feed(sock.recv(_RECV_SIZE))
+                    else:
+                        out.append((reply[1], reply[2]))
+                        self.requests += 1
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+
+    def _fail(self, exc: BaseException) -> None:
+        self.broken = True
+        if isinstance(exc, OSError) and not isinstance(exc, CyberDBError):
+            raise os_error(exc) from exc
 
     def is_stale(self) -> bool:
         """True if the server closed this idle connection (or sent something unexpected)."""
@@ -297,9 +332,11 @@ class Client:
         self.host, self.port, self.encrypt = host, int(port), bool(encrypt)
         self.retry = retry if retry is not None else Retry()
         self._password = password
+        self._new_identity()
 
         def factory() -> Connection:
-            return Connection(self.host, self.port, password, self.encrypt, socket_timeout=socket_timeout)
+            return Connection(self.host, self.port, password, self.encrypt, socket_timeout=socket_timeout,
+                              client_id=self._identity())
 
         self.pool = ConnectionPool(factory, max_idle_time=time_out, max_connections=max_connections)
         # Tables this client saw exist in the last `table_check_ttl` seconds, with their kind: get_cyberdict()
@@ -312,6 +349,46 @@ class Client:
     def __repr__(self) -> str:
         return f"<Client {self.host}:{self.port} encrypt={self.encrypt} {self.pool!r}>"
 
+    # ---- request numbers (exactly once) ---------------------------------------------------------------------
+
+    def _new_identity(self) -> None:
+        # a forked child is another client: its own id, numbers and lock (the parent's lock may be held)
+        self._id_lock = threading.Lock()
+        self._client_id = os.urandom(protocol.CLIENT_ID_SIZE)
+        self._next_request = 1
+        self._in_flight: dict[int, None] = {}
+        self._id_forks, self._id_pid = _forks[0], os.getpid()
+
+    def _identity(self) -> bytes:
+        if self._id_forks != _forks[0] or not _HAVE_FORK_HOOK and self._id_pid != os.getpid():
+            self._new_identity()
+        return self._client_id
+
+    def _begin(self, n: int = 1) -> int:
+        """Number ``n`` new requests; return the first number.  They count as in flight until ``_end``."""
+        if self._id_forks != _forks[0] or not _HAVE_FORK_HOOK and self._id_pid != os.getpid():
+            self._new_identity()
+        with self._id_lock:
+            first = self._next_request
+            self._next_request = first + n
+            if n == 1:
+                self._in_flight[first] = None
+            else:
+                self._in_flight.update(dict.fromkeys(range(first, first + n)))
+        return first
+
+    def _ack(self) -> int:
+        """Every request numbered below this is finished (what the server may forget)."""
+        with self._id_lock:
+            return min(self._in_flight, default=self._next_request)
+
+    def _end(self, first: int, n: int = 1) -> None:
+        in_flight = self._in_flight
+        for req_id in range(first, first + n):
+            in_flight.pop(req_id, None)
+
+    # ---- public -------------------------------------------------------------------------------------------------
+
     def get_proxy(self) -> Proxy:
         """Return a new, not yet connected proxy (``proxy.connect()`` or ``with client.get_proxy() as p:``)."""
         return Proxy(self)
@@ -319,7 +396,7 @@ class Client:
     def ping(self) -> bool:
         """Round-trip to the server; True if it answered."""
         with self.get_proxy() as proxy:
-            return bool(proxy._execute(_DB_PING))
+            return proxy.call(_DB_PING, [])  # type: ignore[no-any-return]
 
     def reset(self) -> None:
         """Drop idle pooled connections (call from Gunicorn's ``post_fork`` if you like; not required)."""
@@ -379,29 +456,82 @@ class Proxy:
                  tb: TracebackType | None) -> None:
         self.close()
 
-    def _execute(self, spec: CommandSpec, *args: Any) -> Any:
-        """Run one command on this proxy's connection, retrying idempotent ones across a reconnect."""
+    # ---- the immediate executor (see cyberdb.tables) ------------------------------------------------------------
+
+    def call(self, spec: CommandSpec, args: list[Any], shape: Any = SPEC_REPLY) -> Any:
+        """Run one command now and return its shaped result (retried across a reconnect, exactly once)."""
+        conn = self._conn
+        if conn is None:
+            raise DisconnectedError(_CLOSED)
+        payload = encode_value(args)
+        client = self._client
+        req_id = client._begin()
         attempt = 0
-        while True:
-            conn = self._conn
-            if conn is None:
-                raise DisconnectedError(_CLOSED)
-            if conn.broken or conn.forks != _forks[0] or not _HAVE_FORK_HOOK and conn.pid != os.getpid():
-                conn = self._replace(conn)  # broken earlier, or the parent's socket after a fork
-            try:
-                return conn.call(spec, list(args))
-            except (TableNotFoundError, WrongTableTypeError):
-                if args and type(args[0]) is str:
-                    self._client.known_tables.pop(args[0], None)
-                raise
-            except ConnectionLostError as exc:
-                delay = self._client.retry.next_delay(spec, attempt, exc)
-                if delay is None:
+        try:
+            while True:
+                if conn.broken or conn.forks != _forks[0] or not _HAVE_FORK_HOOK and conn.pid != os.getpid():
+                    conn = self._replace(conn)  # broken earlier, or the parent's socket after a fork
+                try:
+                    result = conn.call(spec.op, payload, req_id, client._ack())
+                    break
+                except (TableNotFoundError, WrongTableTypeError):
+                    if args and type(args[0]) is str:
+                        client.known_tables.pop(args[0], None)
                     raise
-                logger.info("retrying %s after a lost connection: %s", spec.name, exc)
-                if delay:
-                    time.sleep(delay)
-                attempt += 1
+                except (ConnectionLostError, TimeoutError) as exc:
+                    self._before_retry(conn, spec, attempt, exc)
+                    attempt += 1
+        finally:
+            client._end(req_id)
+        if shape is SPEC_REPLY:
+            shape = spec.reply
+        return result if shape is None else shape(result)
+
+    def run(self, steps: Steps[T]) -> T:
+        """Drive a multi-step operation, each request sent at once."""
+        return drive(self.call, steps)
+
+    def stream(self, steps: Steps[Any]) -> Iterator[Any]:
+        """Drive a multi-step operation, yielding each reply."""
+        return stream(self.call, steps)
+
+    def call_many(self, requests: list[tuple[int, bytes]]) -> list[Raw]:
+        """Send ``(op, payload)`` requests in one go and return their raw ``(status, payload)`` replies in order.
+
+        Like ``call``, a broken connection is replaced and the unanswered requests are re-sent with their
+        numbers, so each runs exactly once.
+        """
+        conn = self._conn
+        if conn is None:
+            raise DisconnectedError(_CLOSED)
+        client = self._client
+        first = client._begin(len(requests))
+        numbered = [(first + i, op, payload) for i, (op, payload) in enumerate(requests)]
+        out: list[Raw] = []
+        attempt = 0
+        try:
+            while True:
+                if conn.broken or conn.forks != _forks[0] or not _HAVE_FORK_HOOK and conn.pid != os.getpid():
+                    conn = self._replace(conn)
+                try:
+                    conn.call_many(numbered[len(out):], client._ack(), out)
+                    return out
+                except (ConnectionLostError, TimeoutError) as exc:
+                    self._before_retry(conn, _DB_BATCH, attempt, exc)
+                    attempt += 1
+        finally:
+            client._end(first, len(requests))
+
+    def _before_retry(self, conn: Connection, spec: CommandSpec, attempt: int, exc: CyberDBError) -> None:
+        """Wait before re-sending after ``exc``, or re-raise it (an error the server sent, or no retries left)."""
+        if not conn.broken or isinstance(exc, PoolTimeoutError):
+            raise exc  # the server answered (e.g. "outcome unknown"): re-sending cannot help
+        delay = self._client.retry.next_delay(attempt, exc)
+        if delay is None:
+            raise exc
+        logger.info("re-sending %s after a lost connection: %s", spec.name, exc)
+        if delay:
+            time.sleep(delay)
 
     def _replace(self, old: Connection) -> Connection:
         # if no new connection can be made this raises and the proxy keeps the broken one: still connected,
@@ -410,6 +540,37 @@ class Proxy:
         self._conn = new
         self._client.pool.release(old)  # closes it (and frees its slot if it is this process's)
         return new
+
+    # ---- pipelines, transactions, locks -------------------------------------------------------------------------
+
+    def pipeline(self, atomic: bool = False) -> Pipeline:
+        """Queue calls and send them together: ``with proxy.pipeline() as pipe:`` (see :mod:`cyberdb.pipeline`).
+
+        With ``atomic=True`` the queued calls run on the server as one uninterrupted, all-or-nothing unit.
+        """
+        if self._conn is None:
+            raise DisconnectedError(_CLOSED)
+        return Pipeline(self, atomic=atomic)
+
+    def transact(self, fn: Callable[[Transaction], T], retries: int = 10) -> T:
+        """Run ``fn(tx)`` as a serializable transaction and return its result (see :mod:`cyberdb.transaction`).
+
+        Raises:
+            TransactionConflictError: ``fn`` conflicted with other writers ``retries + 1`` times.
+        """
+        if self._conn is None:
+            raise DisconnectedError(_CLOSED)
+        return transact(self, fn, retries)
+
+    def lock(self, name: str, ttl: float = 10, timeout: float | None = None) -> Lock:
+        """A lock shared by every client of the server: ``with proxy.lock("job", ttl=10) as lock:``.
+
+        Args:
+            name: the lock's name (locks have their own namespace, apart from tables).
+            ttl: the lease in seconds; the lock frees itself this long after the holder stops extending it.
+            timeout: how long ``acquire`` (and ``with``) waits; None waits as long as it takes.
+        """
+        return Lock(self, name, ttl, timeout)
 
     # ---- tables ------------------------------------------------------------------------------------------------
 
@@ -452,7 +613,7 @@ class Proxy:
         return CyberList(self, table_name)
 
     def _create(self, table_name: str, kind: str, content: dict[Any, Any] | list[Any]) -> None:
-        self._execute(_DB_CREATE, table_name, kind, content)
+        self.call(_DB_CREATE, [table_name, kind, content])
         self._remember(table_name, kind)
 
     def _check(self, table_name: str, kind: str) -> None:
@@ -460,7 +621,7 @@ class Proxy:
             raise DisconnectedError(_CLOSED)
         known = self._client.known_tables.get(table_name) if type(table_name) is str else None
         if known is None or known[0] != kind or time.monotonic() - known[1] > self._client.table_check_ttl:
-            self._execute(_DB_CHECK, table_name, kind)
+            self.call(_DB_CHECK, [table_name, kind])
             self._remember(table_name, kind)
 
     def _remember(self, table_name: str, kind: str) -> None:
@@ -473,7 +634,7 @@ class Proxy:
 
     def tables(self) -> dict[str, str]:
         """Return ``{table name: "CyberDict" | "CyberList"}``."""
-        return dict(self._execute(_DB_TABLES))
+        return self.call(_DB_TABLES, [])  # type: ignore[no-any-return]
 
     def print_tables(self, file: TextIO | None = None) -> None:
         """Write one line per table, ``name<TAB>CyberDict|CyberList``, to stdout (or ``file``).
@@ -492,7 +653,13 @@ class Proxy:
         """
         if type(table_name) is str:
             self._client.known_tables.pop(table_name, None)
-        self._execute(_DB_DELETE, table_name)
+        self.call(_DB_DELETE, [table_name])
+
+
+def reply_error(status: int, payload: bytes) -> BaseException:
+    """The exception an error reply stands for (``KeyError('x')``, ``TableNotFoundError(...)``, ...)."""
+    args = decode_value(payload)
+    return error_from_code(status, tuple(args) if type(args) is list else (str(args),))
 
 
 def _as_dict(content: Any) -> dict[Any, Any]:

@@ -26,7 +26,7 @@ import msgpack
 
 from .errors import ProtocolError
 
-__all__ = ["decode_value", "encode_value"]
+__all__ = ["decode_value", "encode_array", "encode_value"]
 
 # Extension type codes: part of the protocol and of the file format, never renumber.
 _TUPLE, _SET, _FROZENSET, _BIGINT, _DATETIME, _DATE, _TIME, _TIMEDELTA, _DECIMAL, _UUID, _COMPLEX = range(1, 12)
@@ -202,3 +202,15 @@ def decode_value(data: bytes) -> Any:
         return _unpackb(data)
     except Exception as exc:  # untrusted input: every failure means "malformed", never a crash
         raise ProtocolError(f"malformed value: {type(exc).__name__}: {exc}") from None
+
+
+def encode_array(parts: list[bytes]) -> bytes:
+    """The encoding of a list whose items are already encoded (each by ``encode_value``)."""
+    n = len(parts)
+    if n < 16:
+        head = bytes((0x90 | n,))
+    elif n < 1 << 16:
+        head = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdd" + n.to_bytes(4, "big")
+    return head + b"".join(parts)

@@ -12,6 +12,10 @@ from collections.abc import Iterator
 
 __all__ = [
     "AuthenticationError",
+    "BatchAbortedError",
+    "LockLostError",
+    "LockTimeoutError",
+    "TransactionConflictError",
     "ConcurrentModificationError",
     "ConnectionError",
     "ConnectionLostError",
@@ -58,6 +62,35 @@ class TimeoutError(CyberDBError, builtins.TimeoutError):  # noqa: A001
 
 class PoolTimeoutError(TimeoutError):
     """No pooled connection became free in time."""
+
+
+class LockTimeoutError(TimeoutError):
+    """``proxy.lock(...)`` could not acquire the lock within its ``timeout``."""
+
+
+class LockLostError(CyberDBError):
+    """The lock is no longer yours: its lease ended (``ttl``) or another holder has it since."""
+
+
+class TransactionConflictError(CyberDBError):
+    """``proxy.transact(fn)`` kept conflicting: what ``fn`` read changed before its writes could apply."""
+
+
+class BatchAbortedError(CyberDBError):
+    """A call of an atomic batch failed, so none of the batch was applied.
+
+    ``index`` is the failing call's place in the batch and ``error`` the exception it raised.
+    """
+
+    def __init__(self, index: int, code: int, args: list[object]) -> None:
+        super().__init__(index, code, args)
+        self.index = index
+        self.error = error_from_code(code, tuple(args))
+        self.call: str | None = None  # what the failing call was, when the client knows
+
+    def __str__(self) -> str:
+        what = f" ({self.call})" if self.call else ""
+        return f"call {self.index}{what} of the atomic batch raised {self.error!r}, so none of the batch was applied"
 
 
 class ProtocolError(CyberDBError):
@@ -108,6 +141,10 @@ ERROR_CODES: dict[int, type[BaseException]] = {
     11: TableExistsError,
     12: WrongTableTypeError,
     13: ConcurrentModificationError,
+    14: ConnectionLostError,  # a re-sent request whose cached reply is gone: its outcome is unknown
+    15: TransactionConflictError,
+    16: BatchAbortedError,
+    17: LockLostError,
     20: ProtocolError,
     21: ServerError,
 }

@@ -2,12 +2,18 @@
 
 Every frame is ``length (uint32, big-endian) + body``.  Bodies before authentication are small handshake
 messages (at most ``max_preauth`` bytes); after it, a body is ``request id (uint32) + code (uint16) + payload``
-where ``code`` is the command id in a request and 0 (ok) or an error code in a reply, and ``payload`` is a
+``request id (uint64) + ack (uint64) + command id (uint16) + payload`` in a request and ``request id (uint64) +
+status (uint16) + payload`` in a reply, where status is 0 (ok) or an error code and ``payload`` is a
 codec-encoded value.  With encryption the whole body is sealed by :class:`~cyberdb.crypto.FrameCipher`.
+
+Request ids are numbered per client (the 16-byte client id of the HELLO), not per connection, so a request
+re-sent on a new connection keeps its number and the server can answer it from its reply cache instead of
+running it again; ``ack`` tells the server that every request of this client numbered below it is finished,
+so their cached replies can go (RIFL's design).  An all-zero client id asks for no reply cache.
 
 Handshake (both sides prove they know the password-derived key; the password never travels)::
 
-    client -> HELLO      b"CYDB" version flags client_nonce[32]
+    client -> HELLO      b"CYDB" version flags client_nonce[32] client_id[16]
     server -> CHALLENGE  b"CYDB" version flags iterations salt[16] server_nonce[32]   (or REJECT b"CYNO" reason)
     client -> AUTH       HMAC(key, "client" | transcript)
     server -> WELCOME    b"CYOK" HMAC(key, "server" | transcript | client proof)        (or REJECT)
@@ -18,12 +24,14 @@ bytes and write what they return.  After any error a session is dead and refuses
 
 from __future__ import annotations
 
+import collections
 import enum
 import os
 import struct
+from typing import Any
 
 from . import crypto
-from .errors import AuthenticationError, EncryptionMismatchError, ProtocolError
+from .errors import AuthenticationError, ConnectionLostError, EncryptionMismatchError, ProtocolError
 from .errors import ConnectionError as CyberConnectionError
 
 __all__ = [
@@ -35,20 +43,23 @@ __all__ = [
     "encode_frame",
 ]
 
-VERSION = 1
+VERSION = 2
 MAX_FRAME = 64 << 20  # 64 MiB: one value or reply larger than this is refused
 MAX_PREAUTH = 4096
 FLAG_ENCRYPT = 0x01
 MAGIC, REJECT, WELCOME = b"CYDB", b"CYNO", b"CYOK"
-NONCE_SIZE, SALT_SIZE, PROOF_SIZE = 32, 16, 32
+NONCE_SIZE, SALT_SIZE, PROOF_SIZE, CLIENT_ID_SIZE = 32, 16, 32, 16
+ANONYMOUS = bytes(CLIENT_ID_SIZE)
 STATUS_OK = 0
 
 _LEN = struct.Struct("!I")
-_HEADER = struct.Struct("!IH")  # request id, command id / status
-_FRAMED_HEADER = struct.Struct("!IIH")  # length, request id, command id / status: a plain frame in one pack
-_HELLO = struct.Struct(f"!4sBB{NONCE_SIZE}s")
+_REQUEST = struct.Struct("!QQH")  # request id, ack, command id
+_REPLY = struct.Struct("!QH")  # request id, status
+_FRAMED_REQUEST = struct.Struct("!IQQH")  # length + request header: a plain frame in one pack
+_FRAMED_REPLY = struct.Struct("!IQH")
+_HELLO = struct.Struct(f"!4sBB{NONCE_SIZE}s{CLIENT_ID_SIZE}s")
 _CHALLENGE = struct.Struct(f"!4sBBI{SALT_SIZE}s{NONCE_SIZE}s")
-HEADER_SIZE = _HEADER.size
+HEADER_SIZE = _REQUEST.size  # the larger of the two headers
 
 
 def encode_frame(body: bytes) -> bytes:
@@ -149,25 +160,24 @@ class _Session:
             raise
         return body
 
-    def _message(self, req_id: int, code: int, payload: bytes) -> bytes:
+    def _seal(self, plain: struct.Struct, framed: struct.Struct, payload: bytes, *header: int) -> bytes:
         """The frame of one request or reply (the hot path: one struct pack and one concatenation)."""
         if self.state is not State.READY:
             raise ProtocolError("session is closed")
         cipher = self._cipher
         if cipher is None:
-            return _FRAMED_HEADER.pack(len(payload) + HEADER_SIZE, req_id, code) + payload
-        sealed = cipher.seal(_HEADER.pack(req_id, code) + payload)
+            return framed.pack(len(payload) + plain.size, *header) + payload
+        sealed = cipher.seal(plain.pack(*header) + payload)
         return _LEN.pack(len(sealed)) + sealed
 
-    def _next_message(self) -> tuple[int, int, bytes] | None:
-        """The next (request id, code, payload) after the handshake, or None if more data is needed."""
+    def _next_message(self, header: struct.Struct) -> tuple[Any, ...] | None:
+        """The next (*header fields, payload) after the handshake, or None if more data is needed."""
         body = self._next_body()
         if body is None:
             return None
-        if len(body) < HEADER_SIZE:
+        if len(body) < header.size:
             raise self._fail(ProtocolError("message shorter than its header"))
-        req_id, code = _HEADER.unpack_from(body)
-        return req_id, code, body[HEADER_SIZE:]
+        return (*header.unpack_from(body), body[header.size:])
 
     def _fail(self, exc: Exception) -> Exception:
         self.state = State.CLOSED
@@ -194,6 +204,7 @@ class ServerSession(_Session):
         super().__init__(max_frame)
         self._master, self._salt, self._iterations, self._encrypt = master, salt, iterations, encrypt
         self._outbox: list[bytes] = []
+        self.client_id = ANONYMOUS  # from the HELLO; ANONYMOUS asks for no reply cache
 
     def data_to_send(self) -> bytes:
         """Handshake bytes to write to the peer (and forget)."""
@@ -201,8 +212,8 @@ class ServerSession(_Session):
         self._outbox.clear()
         return out
 
-    def next_request(self) -> tuple[int, int, bytes] | None:
-        """Return the next (request id, command id, payload), handling handshake frames on the way.
+    def next_request(self) -> tuple[int, int, bytes, int] | None:
+        """Return the next (request id, command id, payload, ack), handling handshake frames on the way.
 
         Raises:
             ProtocolError: malformed or oversized frame (close the connection).
@@ -213,18 +224,23 @@ class ServerSession(_Session):
             if body is None:
                 return None
             self._handshake(body)
-        return self._next_message()
+        message = self._next_message(_REQUEST)
+        if message is None:
+            return None
+        req_id, ack, op, payload = message
+        return req_id, op, payload, ack
 
     def _handshake(self, body: bytes) -> None:
         if self.state is State.HELLO:
-            if len(body) != _HELLO.size:
+            if len(body) < 6 or not body.startswith(MAGIC):
                 raise self._fail(ProtocolError("not a CyberDB client (bad hello)"))
-            magic, version, _flags, client_nonce = _HELLO.unpack(body)
-            if magic != MAGIC:
-                raise self._fail(ProtocolError("not a CyberDB client (bad magic)"))
-            if version != VERSION:
+            version = body[4]
+            if version != VERSION:  # checked before the size: an older client's HELLO is shorter
                 self._outbox.append(reject_frame(f"unsupported protocol version {version}"))
                 raise self._fail(ProtocolError(f"unsupported protocol version {version}"))
+            if len(body) != _HELLO.size:
+                raise self._fail(ProtocolError("not a CyberDB client (bad hello)"))
+            self.client_id = _HELLO.unpack(body)[4]
             flags = FLAG_ENCRYPT if self._encrypt else 0
             challenge = _CHALLENGE.pack(MAGIC, VERSION, flags, self._iterations, self._salt, os.urandom(NONCE_SIZE))
             self._transcript = body + challenge
@@ -243,7 +259,7 @@ class ServerSession(_Session):
 
     def reply(self, req_id: int, status: int, payload: bytes) -> bytes:
         """Build the frame answering ``req_id``."""
-        return self._message(req_id, status, payload)
+        return self._seal(_REPLY, _FRAMED_REPLY, payload, req_id, status)
 
 
 def reject_frame(reason: str) -> bytes:
@@ -254,15 +270,21 @@ def reject_frame(reason: str) -> bytes:
 class ClientSession(_Session):
     """The client's side of one connection."""
 
-    def __init__(self, password: str | None, encrypt: bool, max_frame: int = MAX_FRAME) -> None:
+    def __init__(self, password: str | None, encrypt: bool, max_frame: int = MAX_FRAME,
+                 client_id: bytes = ANONYMOUS) -> None:
         super().__init__(max_frame)
-        self._password, self._encrypt = password, encrypt
+        if len(client_id) != CLIENT_ID_SIZE:
+            raise ValueError(f"a client id has {CLIENT_ID_SIZE} bytes")
+        self._password, self._encrypt, self._client_id = password, encrypt, client_id
+        self._expected: collections.deque[int] = collections.deque()  # ids of requests awaiting a reply
+        self._eof = False
         self._master = b""
         self._proof = b""
 
     def start(self) -> bytes:
         """The HELLO frame to send first."""
-        hello = _HELLO.pack(MAGIC, VERSION, FLAG_ENCRYPT if self._encrypt else 0, os.urandom(NONCE_SIZE))
+        hello = _HELLO.pack(MAGIC, VERSION, FLAG_ENCRYPT if self._encrypt else 0, os.urandom(NONCE_SIZE),
+                            self._client_id)
         self._transcript = hello
         return encode_frame(hello)
 
@@ -315,12 +337,42 @@ class ClientSession(_Session):
             raise self._fail(AuthenticationError("the server could not prove it knows the password"))
         self._set_ready(self._master, self._encrypt, server_side=False)
 
-    def request(self, req_id: int, op: int, payload: bytes) -> bytes:
-        """Build the frame of one request."""
+    def feed(self, data: bytes) -> None:
+        """Append received bytes; ``b""`` means the server closed the connection."""
+        if not data:
+            self._eof = True
+            return
+        super().feed(data)
+
+    def request(self, req_id: int, op: int, payload: bytes, ack: int = 0) -> bytes:
+        """Build the frame of one request and expect its reply (replies come in request order)."""
         if self.state is not State.READY:
             raise ProtocolError("the handshake has not completed")
-        return self._message(req_id, op, payload)
+        frame = self._seal(_REQUEST, _FRAMED_REQUEST, payload, req_id, ack, op)
+        self._expected.append(req_id)
+        return frame
+
+    @property
+    def awaiting(self) -> int:
+        """How many requests still wait for their reply."""
+        return len(self._expected)
 
     def next_reply(self) -> tuple[int, int, bytes] | None:
-        """Return the next (request id, status, payload), or None if more data is needed."""
-        return self._next_message()
+        """Return the next (request id, status, payload), or None if more data is needed.
+
+        Raises:
+            ConnectionLostError: the server closed the connection while replies were awaited.
+            ProtocolError: a reply to no request, or to another request than the oldest one waiting.
+        """
+        message = self._next_message(_REPLY)
+        if message is None:
+            if self._eof:
+                self.state = State.CLOSED
+                raise ConnectionLostError("the server closed the connection")
+            return None
+        req_id, status, payload = message
+        if not self._expected or self._expected[0] != req_id:
+            wanted = self._expected[0] if self._expected else None
+            raise self._fail(ProtocolError(f"reply to request {req_id} while waiting for {wanted}"))
+        self._expected.popleft()
+        return req_id, status, payload

@@ -1,45 +1,111 @@
-"""CyberDict and CyberList: the ``dict`` and ``list`` protocols, each operation one command on the server.
+"""CyberDict, CyberList and CyberRef: the ``dict`` and ``list`` protocols, each operation one server command.
 
 They subclass ``collections.abc`` for the surface, but every method the ABC would build from several round
 trips (``update``, ``pop``, ``setdefault``, ``extend``, ``__iadd__``, ...) is one server command, so each call
-is atomic.  A table object belongs to the proxy that made it and uses that proxy's connection: after
-``proxy.close()`` it raises :class:`~cyberdb.errors.DisconnectedError`, after ``proxy.connect()`` it works again.
+is atomic.
 
-Copies and views (``keys()``, ``values()``, ``items()``, ``copy()``, ``todict()``, ``tolist()``, ``a + b``)
-are snapshots taken in one command, not live views.
+The seam: a table method only *states* its request, ``self._run(spec, *args)``, and the reply is shaped by
+``spec.reply`` (or a ``shape`` given with the request).  An **executor** decides what happens to it:
+
+- :class:`~cyberdb.client.Proxy` sends it now and returns the shaped result (retried exactly once across a
+  reconnect);
+- :class:`~cyberdb.pipeline.Pipeline` queues it and returns a :class:`~cyberdb.pipeline.Pending`;
+- :class:`~cyberdb.transaction.Transaction` buffers writes and runs reads against them on the server.
+
+Operations of several requests (``sort(key=...)``, chunked iteration, comparisons that need a copy) are
+written once as generators that yield requests ``(spec, args)`` and receive their shaped replies; an
+executor's ``run(steps)`` drives one to its return value and ``stream(steps)`` yields every reply as it
+comes (a pipeline refuses both: it has no reply until it runs).  An asyncio executor drives the same
+generators.  Any object with ``call``, ``run`` and ``stream`` is an executor (see :class:`Executor`).
+
+A table belongs to the executor that made it: after ``proxy.close()`` it raises
+:class:`~cyberdb.errors.DisconnectedError`, after ``proxy.connect()`` it works again.  Copies and views
+(``keys()``, ``values()``, ``items()``, ``copy()``, ``todict()``, ``tolist()``, ``a + b``) are snapshots taken
+in one command, not live views.
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterable, Iterator, MutableMapping, MutableSequence
-from typing import TYPE_CHECKING, Any, Protocol, overload
+from collections.abc import Callable, Generator, Iterable, Iterator, MutableMapping, MutableSequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
-from .commands import BY_NAME, CommandSpec
+from .commands import AT_PATH, BY_NAME, CommandSpec
 from .errors import ConcurrentModificationError
 
 if TYPE_CHECKING:
     from collections.abc import ItemsView, KeysView, ValuesView
 
-__all__ = ["CyberDict", "CyberList"]
+__all__ = ["SPEC_REPLY", "CyberDict", "CyberList", "CyberRef", "Executor", "Step", "drive", "stream"]
 
 ITER_CHUNK = 1000  # items per round trip when iterating a CyberList
 SORT_ATTEMPTS = 10  # sort(key=...) retries when the list changes between its read and its write-back
 _MISSING: Any = object()
+SPEC_REPLY: Any = object()  # "shape the reply with spec.reply" (the default of Executor.call)
 C = BY_NAME
+T = TypeVar("T")
+Step = tuple[CommandSpec, list[Any]]  # one request of a multi-step operation; its reply is shaped by spec.reply
+Steps = Generator[Step, Any, T]
 
 
-class _Executor(Protocol):
-    def _execute(self, spec: CommandSpec, *args: Any) -> Any: ...
+class Executor(Protocol):
+    """What tables need from whatever runs their requests (see the module docstring)."""
+
+    def call(self, spec: CommandSpec, args: list[Any], shape: Any = SPEC_REPLY) -> Any:
+        """Run (or queue) one request ``args = [table, *arguments]``; return its shaped reply (or a handle)."""
+
+    def run(self, steps: Steps[T]) -> T:
+        """Drive a multi-step operation to its return value."""
+
+    def stream(self, steps: Steps[Any]) -> Iterator[Any]:
+        """Drive a multi-step operation, yielding each reply as it comes."""
+
+
+def drive(call: Callable[[CommandSpec, list[Any]], Any], steps: Steps[T]) -> T:
+    """Run ``steps`` with ``call`` (a synchronous executor's ``call``) and return what the generator returns."""
+    try:
+        step = next(steps)
+        while True:
+            step = steps.send(call(*step))
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+def stream(call: Callable[[CommandSpec, list[Any]], Any], steps: Steps[Any]) -> Iterator[Any]:
+    """Run ``steps`` with ``call``, yielding each reply."""
+    try:
+        step = next(steps)
+        while True:
+            reply = call(*step)
+            yield reply
+            step = steps.send(reply)
+    except StopIteration:
+        return
+
+
+def _one(step: Step) -> Steps[Any]:
+    return (yield step)
+
+
+def _keys_view(keys: list[Any]) -> KeysView[Any]:
+    return dict.fromkeys(keys).keys()
+
+
+def _values_view(values: list[Any]) -> ValuesView[Any]:
+    return dict(enumerate(values)).values()
+
+
+def _items_view(content: dict[Any, Any]) -> ItemsView[Any, Any]:
+    return content.items()
 
 
 class _Table:
-    """What both kinds share: the proxy, the name, and the one way to run a command."""
+    """What every handle shares: the executor, the table's name, and the one way to state a request."""
 
-    __slots__ = ("_name", "_proxy")
+    __slots__ = ("_name", "_x")
 
-    def __init__(self, proxy: _Executor, name: str) -> None:
-        self._proxy = proxy
+    def __init__(self, executor: Executor, name: str) -> None:
+        self._x = executor
         self._name = name
 
     @property
@@ -47,8 +113,18 @@ class _Table:
         """The table's name on the server."""
         return self._name
 
-    def _run(self, spec: CommandSpec, *args: Any) -> Any:
-        return self._proxy._execute(spec, self._name, *args)
+    def _run(self, spec: CommandSpec, *args: Any, shape: Any = SPEC_REPLY) -> Any:
+        return self._x.call(spec, [self._name, *args], shape)
+
+    def _step(self, spec: CommandSpec, *args: Any) -> Step:
+        return spec, [self._name, *args]
+
+    def _now(self, spec: CommandSpec, *args: Any) -> Any:
+        """A reply needed at once (to compare, print or iterate): a pipeline refuses it."""
+        return self._x.run(_one(self._step(spec, *args)))
+
+    def _ref_path(self, first: Any, more: tuple[Any, ...]) -> CyberRef:
+        return CyberRef(self._x, self._name, (first, *more))
 
 
 class CyberDict(_Table, MutableMapping[Any, Any]):
@@ -67,48 +143,44 @@ class CyberDict(_Table, MutableMapping[Any, Any]):
         self._run(C["dict.delitem"], key)
 
     def __contains__(self, key: object) -> bool:
-        return bool(self._run(C["dict.contains"], key))
+        return self._run(C["dict.contains"], key)  # type: ignore[no-any-return]
 
     def __len__(self) -> int:
-        return int(self._run(C["dict.len"]))
+        return self._run(C["dict.len"])  # type: ignore[no-any-return]
 
     def __iter__(self) -> Iterator[Any]:
-        keys: list[Any] = self._run(C["dict.keys"])
-        return iter(keys)  # a snapshot: unlike a dict, changing the table while iterating is allowed
+        return iter(self._now(C["dict.keys"]))  # a snapshot: unlike a dict, changing it while iterating is fine
 
     def __reversed__(self) -> Iterator[Any]:
-        keys: list[Any] = self._run(C["dict.keys"])
-        return iter(keys[::-1])
+        return iter(self._now(C["dict.keys"])[::-1])
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, CyberDict):
-            other = other.todict()
+        other = _plain(other)
         if not isinstance(other, dict):
             return NotImplemented
-        return self.todict() == other
+        return self._now(C["dict.todict"]) == other  # type: ignore[no-any-return]
 
     def __ne__(self, other: object) -> bool:
         result = self.__eq__(other)
         return result if result is NotImplemented else not result
 
     def __or__(self, other: Any) -> dict[Any, Any]:
-        if isinstance(other, CyberDict):
-            other = other.todict()
+        other = _plain(other)
         if not isinstance(other, dict):
             return NotImplemented
-        return self.todict() | other
+        return self._now(C["dict.todict"]) | other  # type: ignore[no-any-return]
 
     def __ror__(self, other: Any) -> dict[Any, Any]:
         if not isinstance(other, dict):
             return NotImplemented
-        return other | self.todict()
+        return other | self._now(C["dict.todict"])  # type: ignore[no-any-return]
 
     def __ior__(self, other: Any) -> CyberDict:
         self.update(other)
         return self
 
     def __repr__(self) -> str:
-        return repr(self.todict())
+        return repr(self._now(C["dict.todict"]))
 
     def get(self, key: Any, default: Any = None) -> Any:
         """``d.get(key, default)``."""
@@ -126,8 +198,7 @@ class CyberDict(_Table, MutableMapping[Any, Any]):
 
     def popitem(self) -> tuple[Any, Any]:
         """Remove and return the last inserted ``(key, value)``; ``KeyError`` if empty."""
-        key, value = self._run(C["dict.popitem"])
-        return key, value
+        return self._run(C["dict.popitem"])  # type: ignore[no-any-return]
 
     def clear(self) -> None:
         """Remove all items."""
@@ -135,32 +206,46 @@ class CyberDict(_Table, MutableMapping[Any, Any]):
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """``d.update(mapping_or_pairs, **kwargs)`` as one atomic command (all applied, or none)."""
-        if isinstance(other, CyberDict):
-            other = other.todict()
         items: dict[Any, Any] = {}
-        items.update(other, **kwargs)  # dict's own argument handling and errors, before anything is sent
+        items.update(_plain(other), **kwargs)  # dict's own argument handling and errors, before anything is sent
         self._run(C["dict.update"], items)
 
     def keys(self) -> KeysView[Any]:
         """A snapshot of the keys (a real ``dict_keys``: supports ``in``, ``len`` and set operations)."""
-        return dict.fromkeys(self._run(C["dict.keys"])).keys()
+        return self._run(C["dict.keys"], shape=_keys_view)  # type: ignore[no-any-return]
 
     def values(self) -> ValuesView[Any]:
         """A snapshot of the values."""
-        return dict(enumerate(self._run(C["dict.values"]))).values()
+        return self._run(C["dict.values"], shape=_values_view)  # type: ignore[no-any-return]
 
     def items(self) -> ItemsView[Any, Any]:
         """A snapshot of the ``(key, value)`` pairs."""
-        return self.todict().items()
+        return self._run(C["dict.todict"], shape=_items_view)  # type: ignore[no-any-return]
 
     def copy(self) -> dict[Any, Any]:
         """A plain ``dict`` copy (same as ``todict()``)."""
-        return self.todict()
+        return self._run(C["dict.todict"])  # type: ignore[no-any-return]
 
     def todict(self) -> dict[Any, Any]:
         """Copy the whole table into a plain ``dict``."""
-        result: dict[Any, Any] = self._run(C["dict.todict"])
-        return result
+        return self._run(C["dict.todict"])  # type: ignore[no-any-return]
+
+    def incr(self, key: Any, amount: Any = 1) -> Any:
+        """Add ``amount`` to the number at ``key`` atomically and return the new value.
+
+        A missing key counts as 0; ints, floats and Decimals mix as in Python (``int + float`` is a float).
+
+        Raises:
+            TypeError: the value or ``amount`` is not a number (bools are not); nothing changes.
+        """
+        return self._run(C["dict.incr"], key, amount)
+
+    def ref(self, key: Any, *path: Any) -> CyberRef:
+        """A handle on the value at ``self[key][path[0]][path[1]]...``, updated in place on the server.
+
+        Example: ``sessions.ref(sid, "cart").append(item)``, ``stats.ref("pages", "/home").incr()``.
+        """
+        return self._ref_path(key, path)
 
 
 def _index(i: Any, message: str | None = None) -> int:
@@ -182,6 +267,19 @@ def _slice_args(s: slice) -> tuple[int | None, int | None, int | None]:
     return tuple(None if part is None else _index(part, _SLICE) for part in (s.start, s.stop, s.step))  # type: ignore[return-value]
 
 
+def _setslice_args(index: slice, value: Any) -> tuple[Any, ...]:
+    """The arguments of ``list.setslice``, with the errors ``list`` gives before changing anything."""
+    bounds = _slice_args(index)
+    if bounds[2] == 0:
+        raise ValueError("slice step cannot be zero")
+    try:
+        items = list(_plain(value))
+    except TypeError:
+        raise TypeError("must assign iterable to extended slice" if index.step not in (None, 1)
+                        else "can only assign an iterable") from None
+    return (*bounds, items)
+
+
 class CyberList(_Table, MutableSequence[Any]):
     """A ``list`` stored on the server; every method and operator of ``list`` is one round trip."""
 
@@ -195,23 +293,12 @@ class CyberList(_Table, MutableSequence[Any]):
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
-            items: list[Any] = self._run(C["list.getslice"], *_slice_args(index))
-            return items
+            return self._run(C["list.getslice"], *_slice_args(index))
         return self._run(C["list.getitem"], _index(index, _ITEM))
 
     def __setitem__(self, index: Any, value: Any) -> None:
         if isinstance(index, slice):
-            bounds = _slice_args(index)
-            if bounds[2] == 0:
-                raise ValueError("slice step cannot be zero")
-            if isinstance(value, CyberList):
-                value = value.tolist()
-            try:
-                items = list(value)
-            except TypeError:
-                raise TypeError("must assign iterable to extended slice" if index.step not in (None, 1)
-                                else "can only assign an iterable") from None
-            self._run(C["list.setslice"], *bounds, items)
+            self._run(C["list.setslice"], *_setslice_args(index, value))
         else:
             self._run(C["list.setitem"], _index(index, _ITEM), value)
 
@@ -222,34 +309,41 @@ class CyberList(_Table, MutableSequence[Any]):
             self._run(C["list.delitem"], _index(index, _ITEM))
 
     def __len__(self) -> int:
-        return int(self._run(C["list.len"]))
+        return self._run(C["list.len"])  # type: ignore[no-any-return]
 
     def __contains__(self, value: object) -> bool:
-        return bool(self._run(C["list.contains"], value))
+        return self._run(C["list.contains"], value)  # type: ignore[no-any-return]
 
     def __iter__(self) -> Iterator[Any]:
         # by index, in chunks, like list iteration: bounded memory, one round trip per ITER_CHUNK items
+        for chunk in self._x.stream(self._chunks_forward()):
+            yield from chunk
+
+    def _chunks_forward(self) -> Steps[None]:
         start = 0
         while True:
-            chunk = self._run(C["list.getslice"], start, start + ITER_CHUNK, None)
-            yield from chunk
+            chunk = yield self._step(C["list.getslice"], start, start + ITER_CHUNK, None)
             if len(chunk) < ITER_CHUNK:
                 return
             start += len(chunk)
 
     def __reversed__(self) -> Iterator[Any]:
-        stop = len(self)
+        for chunk in self._x.stream(self._chunks_backward()):
+            if type(chunk) is list:
+                yield from reversed(chunk)
+
+    def _chunks_backward(self) -> Steps[None]:
+        stop = yield self._step(C["list.len"])
         while stop > 0:
             start = max(0, stop - ITER_CHUNK)
-            chunk = self._run(C["list.getslice"], start, stop, None)
-            yield from reversed(chunk)
+            yield self._step(C["list.getslice"], start, stop, None)
             stop = start
 
     def _compare(self, other: object, op: Callable[[Any, Any], bool]) -> bool:
         items = _other_list(other)
         if items is NotImplemented:
             return NotImplemented  # type: ignore[no-any-return]
-        return op(self.tolist(), items)
+        return op(self._now(C["list.tolist"]), items)
 
     def __eq__(self, other: object) -> bool:
         return self._compare(other, operator.eq)
@@ -273,20 +367,19 @@ class CyberList(_Table, MutableSequence[Any]):
         items = _other_list(other)
         if items is NotImplemented:
             raise TypeError(f'can only concatenate list (not "{type(other).__name__}") to list')
-        result: list[Any] = self.tolist() + items
-        return result
+        return self._now(C["list.tolist"]) + items  # type: ignore[no-any-return]
 
     def __radd__(self, other: Any) -> list[Any]:
         if not isinstance(other, list):
             return NotImplemented
-        return other + self.tolist()
+        return other + self._now(C["list.tolist"])  # type: ignore[no-any-return]
 
     def __iadd__(self, other: Iterable[Any]) -> CyberList:  # type: ignore[misc]
         self.extend(other)
         return self
 
     def __mul__(self, n: Any) -> list[Any]:
-        return self.tolist() * _repeat_count(n)
+        return self._now(C["list.tolist"]) * _repeat_count(n)  # type: ignore[no-any-return]
 
     __rmul__ = __mul__
 
@@ -295,7 +388,7 @@ class CyberList(_Table, MutableSequence[Any]):
         return self
 
     def __repr__(self) -> str:
-        return repr(self.tolist())
+        return repr(self._now(C["list.tolist"]))
 
     def append(self, value: Any) -> None:
         """Append one item."""
@@ -303,8 +396,7 @@ class CyberList(_Table, MutableSequence[Any]):
 
     def extend(self, values: Iterable[Any]) -> None:
         """Append all items of an iterable, atomically."""
-        items = values.tolist() if isinstance(values, CyberList) else list(values)
-        self._run(C["list.extend"], items)
+        self._run(C["list.extend"], list(_plain(values)))
 
     def insert(self, index: int, value: Any) -> None:
         """Insert ``value`` before ``index``."""
@@ -320,13 +412,13 @@ class CyberList(_Table, MutableSequence[Any]):
 
     def count(self, value: Any) -> int:
         """Number of occurrences of ``value``."""
-        return int(self._run(C["list.count"], value))
+        return self._run(C["list.count"], value)  # type: ignore[no-any-return]
 
     def index(self, value: Any, start: int = 0, stop: int | None = None) -> int:
         """First index of ``value`` in ``[start:stop]``; ``ValueError`` if absent."""
         if stop is None:
-            return int(self._run(C["list.index"], value, _index(start, _BOUND)))
-        return int(self._run(C["list.index"], value, _index(start, _BOUND), _index(stop, _BOUND)))
+            return self._run(C["list.index"], value, _index(start, _BOUND))  # type: ignore[no-any-return]
+        return self._run(C["list.index"], value, _index(start, _BOUND), _index(stop, _BOUND))  # type: ignore[no-any-return]
 
     def reverse(self) -> None:
         """Reverse in place."""
@@ -338,12 +430,15 @@ class CyberList(_Table, MutableSequence[Any]):
 
     def copy(self) -> list[Any]:
         """A plain ``list`` copy (same as ``tolist()``)."""
-        return self.tolist()
+        return self._run(C["list.tolist"])  # type: ignore[no-any-return]
 
     def tolist(self) -> list[Any]:
         """Copy the whole table into a plain ``list``."""
-        result: list[Any] = self._run(C["list.tolist"])
-        return result
+        return self._run(C["list.tolist"])  # type: ignore[no-any-return]
+
+    def incr(self, index: int, amount: Any = 1) -> Any:
+        """Add ``amount`` to the number at ``index`` atomically and return the new value (see ``CyberDict.incr``)."""
+        return self._run(C["list.incr"], _index(index, _ITEM), amount)
 
     def sort(self, *, key: Callable[[Any], Any] | None = None, reverse: bool = False) -> None:
         """Sort in place, like ``list.sort``.
@@ -357,19 +452,138 @@ class CyberList(_Table, MutableSequence[Any]):
         """
         if key is None:
             self._run(C["list.sort"], bool(reverse))
-            return
+        else:
+            self._x.run(self._sort_steps(key, bool(reverse)))
+
+    def _sort_steps(self, key: Callable[[Any], Any], reverse: bool) -> Steps[None]:
         for _ in range(SORT_ATTEMPTS):
-            version, items = self._run(C["list.snapshot"])
+            version, items = yield self._step(C["list.snapshot"])
             items.sort(key=key, reverse=reverse)
-            if self._run(C["list.replace_if"], version, items):
+            if (yield self._step(C["list.replace_if"], version, items)):
                 return
         raise ConcurrentModificationError(
             f"CyberList {self._name!r} changed during each of {SORT_ATTEMPTS} attempts to sort it with a key")
 
+    def ref(self, index: int, *path: Any) -> CyberRef:
+        """A handle on the value at ``self[index][path[0]]...``, updated in place on the server."""
+        return self._ref_path(_index(index, _ITEM), path)
+
+
+class CyberRef(_Table):
+    """A handle on a value nested inside a table, at a path of keys and indexes: ``d.ref(key, *path)``.
+
+    Every call is one atomic command on the server, run on the value found at the path *then*: a nested
+    dict has every ``CyberDict`` method, a nested list every ``CyberList`` method, and ``incr()`` adds to a
+    number.  Errors along the path are Python's own (``KeyError``, ``IndexError``, ``TypeError``); a method
+    the value's type lacks raises ``TypeError``.  ``ref.ref(*more)`` goes deeper; ``copy()`` reads the value,
+    whatever its type.  Note that ``incr(amount)`` adds to the value the handle points at: to add to a key of a
+    nested dict, use ``ref.ref(key).incr(amount)`` (which is what ``CyberDict.incr(key, amount)`` does).
+    """
+
+    __slots__ = ("_path",)
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, executor: Executor, name: str, path: tuple[Any, ...]) -> None:
+        super().__init__(executor, name)
+        self._path = path
+
+    @property
+    def path(self) -> tuple[Any, ...]:
+        """The keys and indexes from the table to the value."""
+        return self._path
+
+    def _run(self, spec: CommandSpec, *args: Any, shape: Any = SPEC_REPLY) -> Any:
+        return self._x.call(AT_PATH[spec.op], [self._name, list(self._path), *args], shape)
+
+    def _step(self, spec: CommandSpec, *args: Any) -> Step:
+        return AT_PATH[spec.op], [self._name, list(self._path), *args]
+
+    def _ref_path(self, first: Any, more: tuple[Any, ...]) -> CyberRef:
+        return CyberRef(self._x, self._name, (*self._path, first, *more))
+
+    def ref(self, *path: Any) -> CyberRef:
+        """A handle further down: ``ref.ref("a", 0)`` points at ``value["a"][0]``."""
+        return CyberRef(self._x, self._name, (*self._path, *path))
+
+    def __repr__(self) -> str:
+        return f"<CyberRef {self._name!r} {list(self._path)!r}>"
+
+    # what dicts and lists both have: the server runs the dict or list command by what it finds at the path
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice):
+            return self._run(C["list.getslice"], *_slice_args(key))
+        return self._run(C["dict.getitem"], key)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if isinstance(key, slice):
+            self._run(C["list.setslice"], *_setslice_args(key, value))
+        else:
+            self._run(C["dict.setitem"], key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        if isinstance(key, slice):
+            self._run(C["list.delslice"], *_slice_args(key))
+        else:
+            self._run(C["dict.delitem"], key)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._now(C["dict.copy"]))
+
+    def __reversed__(self) -> Iterator[Any]:
+        return reversed(self._now(C["dict.copy"]))  # type: ignore[no-any-return]
+
+    def __eq__(self, other: object) -> bool:
+        return self._now(C["dict.copy"]) == _plain(other)  # type: ignore[no-any-return]
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def pop(self, *args: Any) -> Any:
+        """``dict.pop(key[, default])`` or ``list.pop([index])``, by the value's type."""
+        if not args:
+            return self._run(C["list.pop"])
+        return self._run(C["dict.pop"], *args)
+
+    def copy(self) -> Any:
+        """A plain copy of the value at the path, whatever its type."""
+        return self._run(C["dict.copy"])
+
+    def incr(self, amount: Any = 1) -> Any:
+        """Add ``amount`` to the number this handle points at; a missing last key counts as 0."""
+        *parent, last = self._path
+        return self._x.call(AT_PATH[C["dict.incr"].op], [self._name, parent, last, amount])
+
+    __len__ = CyberDict.__len__
+    __contains__ = CyberDict.__contains__
+    clear = CyberDict.clear
+    # a nested dict's own
+    get, setdefault, popitem, update = CyberDict.get, CyberDict.setdefault, CyberDict.popitem, CyberDict.update
+    keys, values, items, todict = CyberDict.keys, CyberDict.values, CyberDict.items, CyberDict.todict
+    __or__, __ror__, __ior__ = CyberDict.__or__, CyberDict.__ror__, CyberDict.__ior__
+    # a nested list's own
+    append, extend, insert, remove = CyberList.append, CyberList.extend, CyberList.insert, CyberList.remove
+    count, index, reverse, sort, tolist = CyberList.count, CyberList.index, CyberList.reverse, CyberList.sort, \
+        CyberList.tolist
+    _sort_steps, _compare = CyberList._sort_steps, CyberList._compare
+    __lt__, __le__, __gt__, __ge__ = CyberList.__lt__, CyberList.__le__, CyberList.__gt__, CyberList.__ge__
+    __add__, __radd__, __iadd__, __mul__, __rmul__, __imul__ = (
+        CyberList.__add__, CyberList.__radd__, CyberList.__iadd__, CyberList.__mul__, CyberList.__rmul__,
+        CyberList.__imul__)
+
+
+def _plain(value: Any) -> Any:
+    """The plain value behind a table or handle (one read); anything else as it is."""
+    if isinstance(value, CyberDict):
+        return value._now(C["dict.todict"])
+    if isinstance(value, CyberList):
+        return value._now(C["list.tolist"])
+    if isinstance(value, CyberRef):
+        return value._now(C["dict.copy"])
+    return value
+
 
 def _other_list(other: object) -> Any:
-    if isinstance(other, CyberList):
-        return other.tolist()
+    other = _plain(other)
     if isinstance(other, list):
         return other
     return NotImplemented

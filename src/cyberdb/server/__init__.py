@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from .. import crypto
+from .dedup import ReplyCache
 from .net import ServerConnection, ServerContext, parse_networks
 from .persist import encode_snapshot, read_snapshot, write_atomic
 from .store import Store
@@ -50,6 +51,7 @@ class Server:
             raise ValueError("event_loop must be 'auto', 'asyncio' or 'uvloop'")
         self.event_loop = event_loop
         self._store = Store()
+        self._replies = ReplyCache()  # kept across stop()/start() of this object, like the tables
         self._whitelist: list[str] | None = None
         self._backup: tuple[str, float] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -64,7 +66,7 @@ class Server:
 
     def __repr__(self) -> str:
         state = f"listening on {self.address[0]}:{self.address[1]}" if self.address else "stopped"
-        return f"<Server {state} tables={len(self._store.tables)}>"
+        return f"<Server {state} tables={len(self._store)}>"
 
     @property
     def port(self) -> int | None:
@@ -105,9 +107,9 @@ class Server:
         Raises:
             PersistenceError: the file could not be written; the previous file is intact.
         """
-        data = self._call_in_loop(lambda: encode_snapshot(self._store.tables))
+        data = self._call_in_loop(lambda: encode_snapshot(self._store.dump()))
         write_atomic(file_name, data)
-        logger.info("saved %d tables to %s", len(self._store.tables), file_name)
+        logger.info("saved %d tables to %s", len(self._store), file_name)
 
     def load_db(self, file_name: str = "data.cdb") -> None:
         """Replace all tables with those of a snapshot file; on any error nothing is loaded.
@@ -117,12 +119,7 @@ class Server:
         """
         tables = read_snapshot(file_name)
 
-        def install() -> None:
-            self._store.tables.clear()
-            for name, table in tables.items():
-                self._store.add(name, table)
-
-        self._call_in_loop(install)
+        self._call_in_loop(lambda: self._store.load(tables))
         logger.info("loaded %d tables from %s", len(tables), file_name)
 
     # ---- running -----------------------------------------------------------------------------------------------
@@ -202,7 +199,8 @@ class Server:
         self._ctx = ServerContext(
             store=self._store, master=crypto.derive_master_key(password, salt), salt=salt,
             iterations=crypto.PBKDF2_ITERATIONS, encrypt=bool(encrypt), max_con=int(max_con),
-            timeout=float(timeout), whitelist=parse_networks(whitelist) if whitelist is not None else None)
+            timeout=float(timeout), whitelist=parse_networks(whitelist) if whitelist is not None else None,
+            replies=self._replies)
         try:
             sock = socket.create_server(address, family=family, backlog=1024)
         except OSError as exc:
@@ -259,7 +257,7 @@ class Server:
             self.address = None
             if self._backup is not None:
                 try:
-                    write_atomic(self._backup[0], encode_snapshot(self._store.tables))
+                    write_atomic(self._backup[0], encode_snapshot(self._store.dump()))
                     logger.info("final backup written to %s", self._backup[0])
                 except Exception:  # noqa: BLE001 - shutdown goes on; the reason is logged
                     logger.exception("final backup to %s failed", self._backup[0])
@@ -275,7 +273,7 @@ class Server:
         self._schedule_backup()
         if self._backup_busy:
             return
-        data = encode_snapshot(self._store.tables)
+        data = encode_snapshot(self._store.dump())
         self._backup_busy = True
         future = self._loop.run_in_executor(None, write_atomic, self._backup[0], data)
         future.add_done_callback(self._backup_done)

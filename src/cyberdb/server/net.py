@@ -16,17 +16,15 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from .. import protocol
-from ..codec import decode_value, encode_value
+from ..codec import decode_value
 from ..commands import BY_ID
-from ..errors import AuthenticationError, ProtocolError, ServerError, error_code
+from ..errors import AuthenticationError, ProtocolError
+from .dedup import ClientRecord, ReplyCache
 from .store import Store
 
 logger = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds an unauthenticated connection may stay open
-_STATUS_OK = protocol.STATUS_OK
-_MAX_REPLY_PAYLOAD = protocol.MAX_FRAME - protocol.HEADER_SIZE - 64
-_MAX_ERROR_PAYLOAD = 64 << 10  # an error's arguments (e.g. the missing key) are sent back up to this size
 _FLUSH_BYTES = 256 << 10
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -61,6 +59,7 @@ class ServerContext:
     max_con: int
     timeout: float
     whitelist: list[IPNetwork] | None
+    replies: ReplyCache = field(default_factory=ReplyCache)
     connections: set[ServerConnection] = field(default_factory=set)
 
 
@@ -77,6 +76,7 @@ class ServerConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._log = logger.isEnabledFor(logging.DEBUG)
         self._paused = False
+        self._client: ClientRecord | None = None  # this client's reply cache (None: anonymous)
         self.requests = 0
 
     def __repr__(self) -> str:
@@ -186,6 +186,8 @@ class ServerConnection(asyncio.Protocol):
         self._transport.close()
 
     def _authenticated(self) -> None:
+        assert self._session is not None
+        self._client = self._ctx.replies.record(self._session.client_id)
         # the handshake deadline is over; from now on only the idle timeout (if any) applies
         if self._timer is not None:
             self._timer.cancel()
@@ -209,7 +211,7 @@ class ServerConnection(asyncio.Protocol):
         else:  # one timer per connection, re-armed lazily instead of on every request
             self._timer = asyncio.get_running_loop().call_later(self._ctx.timeout - idle, self._check_timeout)
 
-    def _execute(self, session: protocol.ServerSession, req_id: int, op: int, payload: bytes) -> bytes:
+    def _execute(self, session: protocol.ServerSession, req_id: int, op: int, payload: bytes, ack: int) -> bytes:
         self.requests += 1
         spec = BY_ID.get(op)
         if spec is None:
@@ -219,27 +221,13 @@ class ServerConnection(asyncio.Protocol):
             raise ProtocolError("request arguments are not an array")
         if self._log:
             logger.debug("%s %s %r", self._peer, spec.name, args[:1])
-        try:
-            body = encode_value(self._store.execute(spec, args))
-            if len(body) > _MAX_REPLY_PAYLOAD:
-                raise ValueError(f"the reply of {len(body)} bytes exceeds the frame limit")
-        except Exception as exc:  # a data error goes back to the client; the connection stays usable
-            return session.reply(req_id, error_code(exc), _encode_error(exc, spec.name))
-        return session.reply(req_id, _STATUS_OK, body)
-
-
-def _encode_error(exc: Exception, command: str) -> bytes:
-    if error_code(exc) == error_code(ServerError()):
-        logger.warning("command %s failed unexpectedly: %s", command, type(exc).__name__)
-        return encode_value([_shorten(f"{type(exc).__name__}: {exc}")])
-    try:
-        body = encode_value(list(exc.args))
-    except TypeError:
-        body = b""
-    if not body or len(body) > _MAX_ERROR_PAYLOAD:  # e.g. ValueError('<80 MB repr> is not in list')
-        body = encode_value([_shorten(str(exc))])
-    return body
-
-
-def _shorten(text: str, limit: int = 1000) -> str:
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
+        client = self._client
+        if client is None or spec.readonly:  # a read simply runs again when re-sent
+            return session.reply(req_id, *self._store.outcome(spec, args))
+        reply = client.lookup(req_id, ack)
+        if reply is None:
+            reply = self._store.outcome(spec, args)
+            client.remember(req_id, reply, self._ctx.replies.max_per_client)
+        elif self._log:
+            logger.debug("%s request %d answered from the reply cache", self._peer, req_id)
+        return session.reply(req_id, *reply)

@@ -3,42 +3,115 @@
 ``Store.execute`` runs a command to completion; the server calls it from its single event loop, so every
 command is atomic with respect to every other.  Only the commands of :mod:`cyberdb.commands` can run: a spec
 with ``method`` calls that builtin ``dict``/``list`` method, the others call the function of this module
-registered under the spec's name in ``_HANDLERS``.
+registered under the spec's name in ``_HANDLERS``.  A command at a path runs on the dict or list found by
+walking the path inside its table.  ``outcome()`` turns a command's result or error into the status and
+payload of its reply, the one place where that happens (replies, batches and the reply cache use it).
+
+The store's interface, for the server and for persistence: ``load()``, ``dump()``, ``execute()``,
+``outcome()``, and one write hook, ``on_write(spec, args)``, called after every write that was applied
+(the append-only log listens there).  Nobody else reaches into its fields.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
+import time
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
-from ..commands import COMMANDS, DICT, LIST, CommandSpec
-from ..errors import TableExistsError, TableNotFoundError, WrongTableTypeError
+from ..codec import MAX_BIGINT_BYTES, decode_value, encode_value
+from ..commands import BY_ID, COMMANDS, DICT, LIST, MAX_PATH, PATH_BASE, CommandSpec, twin
+from ..errors import (
+    LockLostError,
+    ServerError,
+    TableExistsError,
+    TableNotFoundError,
+    WrongTableTypeError,
+    error_code,
+)
+from ..protocol import HEADER_SIZE, MAX_FRAME
 
-__all__ = ["MAX_LIST_ITEMS", "Store"]
+__all__ = ["MAX_LIST_ITEMS", "STATUS_OK", "Encoded", "Store", "decode_error", "encode_error", "walk"]
 
+logger = logging.getLogger(__name__)
 MAX_LIST_ITEMS = 1 << 27  # `l *= n` may not build a list longer than this (one request must not eat the RAM)
 MAX_NAME_LENGTH = 1024
+MAX_LOCKS = 100_000  # expired leases are swept when there are more than this
+MAX_TTL = 365 * 24 * 3600.0
 KIND_TYPES: dict[str, type] = {DICT: dict, LIST: list}
+STATUS_OK = 0
+_MAX_REPLY_PAYLOAD = MAX_FRAME - HEADER_SIZE - 64
+_MAX_ERROR_PAYLOAD = 64 << 10  # an error's arguments (e.g. the missing key) are sent back up to this size
+_NUMBERS = (int, float, Decimal)
 
 Table = dict[Any, Any] | list[Any]
+WriteHook = Callable[[CommandSpec, list[Any]], None]
+
+
+class Encoded(bytes):
+    """A result that is already encoded (a batch's results, encoded step by step): sent as it is."""
 
 
 class Store:
-    """All tables, by name, plus a version per table for compare-and-set."""
+    """All tables, by name, plus a version per table for compare-and-set, and the lock leases."""
 
     def __init__(self) -> None:
-        self.tables: dict[str, Table] = {}
+        self._tables: dict[str, Table] = {}
         self._versions: dict[str, int] = {}
         self._clock = 0  # global, so a deleted and recreated table never reuses a version
+        self._locks: dict[str, tuple[int, float]] = {}  # name -> (token, deadline on the monotonic clock)
+        self._last_token = 0
+        self.on_write: WriteHook | None = None
+
+    def __len__(self) -> int:
+        return len(self._tables)
+
+    # ---- the interface -----------------------------------------------------------------------------------------
+
+    def load(self, tables: dict[str, Table]) -> None:
+        """Replace all tables (validated content, e.g. from a snapshot file)."""
+        self._tables.clear()
+        self._locks.clear()
+        for name, table in tables.items():
+            self._add(name, table)
+
+    def dump(self) -> dict[str, Table]:
+        """The live tables, for a snapshot: encode them before the next command runs."""
+        return self._tables
 
     def execute(self, spec: CommandSpec, args: list[Any]) -> Any:
         """Run one command and return its result; data errors propagate as the builtin exceptions.
 
-        ``args`` is the decoded argument list; it is consumed (its first item is replaced by the table).
+        ``args`` is the decoded argument list (never changed).  The write hook hears of every applied write.
 
         Raises:
             TypeError: wrong number of arguments (or the builtin method's own TypeError).
         """
+        result = self.apply(spec, args)
+        if not spec.readonly and self.on_write is not None:
+            self.on_write(spec, args)
+        return result
+
+    def outcome(self, spec: CommandSpec, args: list[Any], hook: bool = True) -> tuple[int, bytes]:
+        """Execute and encode: ``(STATUS_OK, encoded result)`` or ``(error code, encoded error arguments)``.
+
+        ``hook=False`` runs a batch step: the write hook hears of the whole batch instead.
+        """
+        try:
+            result = self.execute(spec, args) if hook else self.apply(spec, args)
+            body = result if type(result) is Encoded else encode_value(result)
+            if len(body) > _MAX_REPLY_PAYLOAD:
+                raise ValueError(f"the reply of {len(body)} bytes exceeds the frame limit")
+        except Exception as exc:  # a data error goes back to the client; the connection stays usable
+            return error_code(exc), encode_error(exc, spec.name)
+        return STATUS_OK, body
+
+    # ---- execution ---------------------------------------------------------------------------------------------
+
+    def apply(self, spec: CommandSpec, args: list[Any]) -> Any:
+        """``execute`` without the write hook (a batch step: the hook hears of the whole batch once)."""
         kind_type, low, high, fn, is_method = _PLANS[spec.op]
         if kind_type is None:
             _check_arity(spec, len(args))
@@ -46,40 +119,102 @@ class Store:
         if not low <= len(args) - 1 <= high:
             _check_arity(spec, len(args) - 1)
         name = args[0]
-        table = self.tables.get(name) if type(name) is str else None
-        if type(table) is not kind_type:
+        table = self._tables.get(name) if type(name) is str else None
+        if type(table) is not kind_type and (table is None or not spec.path):
             self.table(name, str(spec.kind))  # raises the right error
-        if is_method:  # dict.get(table, key, ...)
-            args[0] = table
-        else:  # _handler(store, table, name, ...)
-            args = [self, table, *args]
         if spec.readonly:
-            return fn(*args)
+            if spec.path:
+                return self._at_path(spec, table, name, args)
+            return fn(table, *args[1:]) if is_method else fn(self, table, name, *args[1:])
         try:
-            return fn(*args)
+            if spec.path:
+                return self._at_path(spec, table, name, args)
+            return fn(table, *args[1:]) if is_method else fn(self, table, name, *args[1:])
         finally:  # even a failed write may have changed something (a sort that raised)
             self._clock += 1
             self._versions[name] = self._clock
 
+    def _at_path(self, spec: CommandSpec, table: Any, name: str, args: list[Any]) -> Any:
+        base = BY_ID[spec.op - PATH_BASE]
+        target = walk(table, args[1])
+        if base.suffix == "copy":  # a handle's copy() reads whatever value is there
+            return target
+        kind = DICT if type(target) is dict else LIST if type(target) is list else None
+        inner = twin(base, kind) if kind is not None else None
+        if inner is None:
+            raise TypeError(f"the value at path {args[1]!r} is a {type(target).__name__}, which has no "
+                            f"{base.suffix}()")
+        _kind_type, low, high, fn, is_method = _PLANS[inner.op]
+        if not low <= len(args) - 2 <= high:
+            _check_arity(inner, len(args) - 2)
+        return fn(target, *args[2:]) if is_method else fn(self, target, name, *args[2:])
+
     def table(self, name: Any, kind: str) -> Any:
         """Return table ``name``, checking it exists and is of ``kind``."""
         try:
-            table = self.tables[name]
+            table = self._tables[name]
         except (KeyError, TypeError):
             raise TableNotFoundError(f"no table named {name!r}") from None
         if type(table) is not KIND_TYPES[kind]:
             raise WrongTableTypeError(f"table {name!r} is a {kind_name(table)}, not a {kind_name(KIND_TYPES[kind]())}")
         return table
 
+    def get(self, name: Any) -> Table | None:
+        """Table ``name``, or None."""
+        return self._tables.get(name) if type(name) is str else None
+
     def version(self, name: str) -> int:
         """The version of table ``name`` (changes on every write)."""
         return self._versions.get(name, 0)
 
-    def add(self, name: str, table: Table) -> None:
-        """Add a table (used by create and by loading a file)."""
-        self.tables[name] = table
+    def _add(self, name: str, table: Table) -> None:
+        self._tables[name] = table
         self._clock += 1
         self._versions[name] = self._clock
+
+    def _new_token(self) -> int:
+        # fencing tokens grow with every acquisition, and across a restart too (they start from the wall
+        # clock in microseconds, as long as it does not go back)
+        self._last_token = max(self._last_token + 1, time.time_ns() // 1000)
+        return self._last_token
+
+
+def walk(value: Any, path: Any) -> Any:
+    """The value at ``path`` inside ``value``, with the errors Python's own indexing raises."""
+    if type(path) is not list or len(path) > MAX_PATH:
+        raise TypeError(f"a path is a list of at most {MAX_PATH} keys and indexes")
+    for key in path:
+        kind = type(value)
+        if kind is list and type(key) is not int:
+            raise TypeError(f"list indices must be integers or slices, not {type(key).__name__}")
+        if kind is not dict and kind is not list:
+            raise TypeError(f"'{kind.__name__}' object is not subscriptable")
+        value = value[key]
+    return value
+
+
+def encode_error(exc: Exception, command: str) -> bytes:
+    """The payload of an error reply: the exception's arguments (or its message when they cannot travel)."""
+    if error_code(exc) == error_code(ServerError()):
+        logger.warning("command %s failed unexpectedly: %s", command, type(exc).__name__)
+        return encode_value([_shorten(f"{type(exc).__name__}: {exc}")])
+    try:
+        body = encode_value(list(exc.args))
+    except TypeError:
+        body = b""
+    if not body or len(body) > _MAX_ERROR_PAYLOAD:  # e.g. ValueError('<80 MB repr> is not in list')
+        body = encode_value([_shorten(str(exc))])
+    return body
+
+
+def decode_error(payload: bytes) -> list[Any]:
+    """The arguments of an error reply built by ``encode_error``."""
+    args = decode_value(payload)
+    return args if type(args) is list else [str(args)]
+
+
+def _shorten(text: str, limit: int = 1000) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
 
 
 def kind_name(table: Table) -> str:
@@ -106,9 +241,9 @@ def _db_create(store: Store, name: Any, kind: Any, content: Any) -> None:
         raise ValueError(f"unknown table kind {kind!r}")
     if type(content) is not expected:
         raise TypeError(f"the content of a {kind_name(expected())} must be a {expected.__name__}")
-    if name in store.tables:
+    if store.get(name) is not None:
         raise TableExistsError(f"a table named {name!r} already exists")
-    store.add(name, content)  # type: ignore[arg-type]  # checked against `expected` above
+    store._add(name, content)  # type: ignore[arg-type]  # checked against `expected` above
 
 
 def _db_check(store: Store, name: Any, kind: Any) -> None:
@@ -118,12 +253,12 @@ def _db_check(store: Store, name: Any, kind: Any) -> None:
 
 
 def _db_tables(store: Store) -> list[tuple[str, str]]:
-    return [(name, kind_name(table)) for name, table in store.tables.items()]
+    return [(name, kind_name(table)) for name, table in store._tables.items()]
 
 
 def _db_delete(store: Store, name: Any) -> None:
     try:
-        del store.tables[name]
+        del store._tables[name]
     except (KeyError, TypeError):
         raise TableNotFoundError(f"no table named {name!r}") from None
     store._versions.pop(name, None)
@@ -151,6 +286,24 @@ def _dict_items(store: Store, table: dict[Any, Any], name: str) -> list[tuple[An
 
 def _dict_todict(store: Store, table: dict[Any, Any], name: str) -> dict[Any, Any]:
     return table
+
+
+def _incr(store: Store, container: Any, name: str, key: Any, amount: Any) -> Any:
+    if type(amount) not in _NUMBERS:
+        raise TypeError(f"incr() adds an int, float or Decimal, not {type(amount).__name__}")
+    if type(container) is dict:
+        current = container.get(key, 0)  # a missing key counts as 0
+    elif type(key) is not int:
+        raise TypeError(f"list indices must be integers or slices, not {type(key).__name__}")
+    else:
+        current = container[key]
+    if type(current) not in _NUMBERS:
+        raise TypeError(f"incr() needs a number, but the value is a {type(current).__name__}")
+    new = current + amount  # float + Decimal raises TypeError, as in Python
+    if type(new) is int and new.bit_length() >= MAX_BIGINT_BYTES * 8:
+        raise OverflowError(f"CyberDB stores ints of up to {MAX_BIGINT_BYTES * 8 - 1} bits")
+    container[key] = new
+    return new
 
 
 def _slice(start: Any, stop: Any, step: Any) -> slice:
@@ -190,6 +343,13 @@ def _list_imul(store: Store, table: list[Any], name: str, n: Any) -> None:
         raise TypeError(f"can't multiply sequence by non-int of type '{type(n).__name__}'")
     if n > 1 and len(table) * n > MAX_LIST_ITEMS:
         raise ValueError(f"a CyberList may not grow beyond {MAX_LIST_ITEMS} items in one request")
+    if n > 1 and any(type(item) in (dict, list, set) for item in table):
+        # list *= n repeats references; a stored value must never be shared (a nested update through one copy
+        # would show in the others, until a save and load separated them)
+        original = table[:]
+        for _ in range(n - 1):
+            table.extend(copy.deepcopy(original))
+        return
     table *= n
 
 
@@ -210,7 +370,69 @@ def _list_replace_if(store: Store, table: list[Any], name: str, version: Any, it
     return True
 
 
+# ---- locks (database level; leases live in memory only) ---------------------------------------------------------
+
+def _lock_args(name: Any, ttl: Any) -> float:
+    if type(name) is not str or not 0 < len(name) <= MAX_NAME_LENGTH:
+        raise TypeError(f"a lock name must be a non-empty str of at most {MAX_NAME_LENGTH} characters")
+    if type(ttl) not in (int, float) or not 0 < ttl <= MAX_TTL:
+        raise ValueError(f"ttl must be a number of seconds above 0 and at most {MAX_TTL:.0f}")
+    return float(ttl)
+
+
+def _lock_acquire(store: Store, name: Any, ttl: Any) -> int | None:
+    seconds = _lock_args(name, ttl)
+    now = time.monotonic()
+    held = store._locks.get(name)
+    if held is not None and held[1] > now:
+        return None
+    if len(store._locks) >= MAX_LOCKS:
+        store._locks = {k: v for k, v in store._locks.items() if v[1] > now}
+    token = store._new_token()
+    store._locks[name] = (token, now + seconds)
+    return token
+
+
+def _lock_holder(store: Store, name: Any, token: Any) -> None:
+    held = store._locks.get(name) if type(name) is str else None
+    if held is None or held[0] != token or held[1] <= time.monotonic():
+        raise LockLostError(f"lock {name!r} is no longer held with token {token!r} (its lease ended or "
+                            "another holder took it)")
+
+
+def _lock_release(store: Store, name: Any, token: Any) -> None:
+    _lock_holder(store, name, token)
+    del store._locks[name]
+
+
+def _lock_extend(store: Store, name: Any, token: Any, ttl: Any) -> None:
+    seconds = _lock_args(name, ttl)
+    _lock_holder(store, name, token)
+    store._locks[name] = (token, time.monotonic() + seconds)
+
+
+def _copy(store: Store, table: Any, name: str) -> Any:
+    return table
+
+
+def _db_batch(store: Store, steps: Any) -> Encoded:
+    return run_steps(store, steps, speculate=False)
+
+
+def _db_speculate(store: Store, steps: Any) -> Encoded:
+    return run_steps(store, steps, speculate=True)
+
+
 _HANDLERS: dict[str, Callable[..., Any]] = {
+    "db.batch": _db_batch,
+    "db.speculate": _db_speculate,
+    "lock.acquire": _lock_acquire,
+    "lock.release": _lock_release,
+    "lock.extend": _lock_extend,
+    "dict.incr": _incr,
+    "list.incr": _incr,
+    "dict.copy": _copy,
+    "list.copy": _copy,
     "db.ping": _db_ping,
     "db.create": _db_create,
     "db.check": _db_check,
@@ -237,9 +459,14 @@ _HANDLERS: dict[str, Callable[..., Any]] = {
 _PLANS: dict[int, tuple[type | None, int, int, Callable[..., Any], bool]] = {}
 for _spec in COMMANDS:
     _type = KIND_TYPES[_spec.kind] if _spec.kind is not None else None
-    if _spec.method is not None:
+    if _spec.path:  # the table may be of either kind; the inner command's own plan checks the arguments
+        _PLANS[_spec.op] = (_type, 1, 1 << 30, _db_ping, False)
+    elif _spec.method is not None:
         assert _type is not None, _spec.name
         _PLANS[_spec.op] = (_type, _spec.min_args, _spec.max_args, getattr(_type, _spec.method), True)
     else:
         assert _spec.name in _HANDLERS, f"command without an implementation: {_spec.name}"
         _PLANS[_spec.op] = (_type, _spec.min_args, _spec.max_args, _HANDLERS[_spec.name], False)
+
+# batch.py builds on this module (Encoded, walk, outcome); imported last so that either import order works
+from .batch import run_steps  # noqa: E402

@@ -1,0 +1,88 @@
+"""The reply cache that makes every request run at most once, however often a client re-sends it.  No I/O.
+
+Each client numbers its requests (``request id``) and says in each request which of them are finished
+(``ack``: every request numbered below it).  For a write, the server keeps the reply under (client id,
+request id) until the client acknowledges it; a re-sent write is answered from here instead of running
+again, and a write numbered below the acknowledged mark that is not cached (a stray duplicate that arrives
+after the client moved on) is refused rather than run.  Reads are not cached: running one again is harmless.
+This is the design of RIFL (RAMCloud, SOSP 2015) and of Kafka's idempotent producer.
+
+Bounds: at most ``max_per_client`` replies per client (the oldest are dropped, and a re-send of a dropped one
+is answered with "outcome unknown"), and at most ``max_clients`` clients (least recently active dropped).
+The cache lives in memory: after a server restart a re-sent write runs again (the append-only log will keep it).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from ..errors import ERROR_CODES, ConnectionLostError
+from ..protocol import ANONYMOUS
+from .store import encode_error
+
+__all__ = ["ClientRecord", "ReplyCache"]
+
+Reply = tuple[int, bytes]  # status, payload
+_LOST = next(code for code, cls in ERROR_CODES.items() if cls is ConnectionLostError)
+
+
+class ClientRecord:
+    """One client's cached replies and acknowledged mark."""
+
+    __slots__ = ("ack", "floor", "replies")
+
+    def __init__(self) -> None:
+        self.ack = 0  # every request below this is finished on the client
+        self.floor = 0  # replies up to this id may have been dropped for space
+        self.replies: OrderedDict[int, Reply] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"<ClientRecord ack={self.ack} cached={len(self.replies)}>"
+
+    def lookup(self, req_id: int, ack: int) -> Reply | None:
+        """The reply to answer a write with instead of running it, or None to run it."""
+        replies = self.replies
+        if ack > self.ack:
+            self.ack = ack
+            while replies and next(iter(replies)) < ack:
+                replies.popitem(last=False)
+        cached = replies.get(req_id)
+        if cached is not None:
+            return cached
+        if req_id < self.ack or req_id <= self.floor:
+            return _LOST, encode_error(ConnectionLostError(
+                f"request {req_id} was re-sent after its reply was dropped: its outcome is unknown"), "")
+        return None
+
+    def remember(self, req_id: int, reply: Reply, limit: int) -> None:
+        """Keep the reply to a write until the client acknowledges it."""
+        replies = self.replies
+        replies[req_id] = reply
+        while len(replies) > limit:
+            dropped, _ = replies.popitem(last=False)
+            self.floor = max(self.floor, dropped)
+
+
+class ReplyCache:
+    """Every identified client's record, least recently active first."""
+
+    def __init__(self, max_clients: int = 16384, max_per_client: int = 65536) -> None:
+        self.max_clients = max_clients
+        self.max_per_client = max_per_client
+        self._clients: OrderedDict[bytes, ClientRecord] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def record(self, client_id: bytes) -> ClientRecord | None:
+        """The record of ``client_id`` (made on first use), or None for an anonymous client."""
+        if client_id == ANONYMOUS:
+            return None
+        rec = self._clients.get(client_id)
+        if rec is None:
+            rec = self._clients[client_id] = ClientRecord()
+            while len(self._clients) > self.max_clients:
+                self._clients.popitem(last=False)
+        else:
+            self._clients.move_to_end(client_id)
+        return rec
