@@ -14,7 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cyberdb import AuthenticationError, ConnectionLostError, CyberDBError, EncryptionMismatchError, ProtocolError, crypto
+from cyberdb import (
+    AuthenticationError,
+    ConnectionLostError,
+    CyberDBError,
+    EncryptionMismatchError,
+    ProtocolError,
+    crypto,
+)
 from cyberdb import ConnectionError as CyberConnectionError
 from cyberdb.codec import decode_value, encode_value
 from cyberdb.protocol import MAX_FRAME, MAX_PREAUTH, ClientSession, FrameDecoder, ServerSession, encode_frame
