@@ -313,3 +313,74 @@ def test_a_table_deleted_elsewhere_is_reported_by_get_once_the_check_expires(ser
             proxy.get_cyberdict(["not", "a", "name"])  # type: ignore[arg-type]
     for c in (client, other, strict):
         c.close()
+
+
+def test_gevent_greenlets_incr_transact_lock_and_pipeline_exactly(server: ServerProcess, name: str) -> None:
+    result = _run_script("""
+        from gevent import monkey
+        monkey.patch_all()
+        import json, sys
+        import gevent
+        import cyberdb
+
+        port, password, encrypt, name = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "True", sys.argv[4]
+        client = cyberdb.connect("127.0.0.1", port, password=password, encrypt=encrypt)
+        with client.get_proxy() as proxy:
+            proxy.create_cyberdict(name, {"incr": 0, "tx": 0, "locked": 0, "pipe": 0})
+
+        def add(tx):
+            t = tx.get_cyberdict(name)
+            t["tx"] = t["tx"] + 1
+
+        def work(i):
+            with client.get_proxy() as proxy:
+                d = proxy.get_cyberdict(name)
+                for _ in range(5):
+                    d.incr("incr")
+                    proxy.transact(add, retries=10_000)
+                    with proxy.lock(name, ttl=30):
+                        n = d["locked"]
+                        gevent.sleep(0)  # let others try while holding the lock
+                        d["locked"] = n + 1
+                    with proxy.pipeline(atomic=True) as pipe:
+                        pipe.get_cyberdict(name).incr("pipe")
+
+        jobs = [gevent.spawn(work, i) for i in range(50)]
+        gevent.joinall(jobs, timeout=100, raise_error=True)
+        with client.get_proxy() as proxy:
+            print(json.dumps(proxy.get_cyberdict(name).todict()))
+    """, server.port, PASSWORD, server.encrypt, name)
+    assert result == {"incr": 250, "tx": 250, "locked": 250, "pipe": 250}
+
+
+def test_forked_workers_are_separate_clients_for_exactly_once(plain_server: ServerProcess, name: str) -> None:
+    result = _run_script("""
+        import json, os, sys
+        import cyberdb
+
+        port, password, name = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+        client = cyberdb.connect("127.0.0.1", port, password=password)   # made before fork, like --preload
+        with client.get_proxy() as proxy:
+            d = proxy.create_cyberdict(name, {"n": 0})
+            for _ in range(10):
+                d.incr("n")  # the parent's request numbers are in use before the fork
+        parent_id = client._client_id
+        pids = []
+        for _ in range(4):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    with client.get_proxy() as proxy:
+                        d = proxy.get_cyberdict(name)
+                        for _ in range(250):
+                            d.incr("n")
+                    code = 0 if client._client_id != parent_id else 2
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+        codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+        with client.get_proxy() as proxy:
+            print(json.dumps({"codes": codes, "n": proxy.get_cyberdict(name)["n"]}))
+    """, plain_server.port, PASSWORD, name)
+    assert result == {"codes": [0, 0, 0, 0], "n": 1010}
