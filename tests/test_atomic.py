@@ -17,9 +17,9 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from conftest import ServerProcess
 
 import cyberdb
-from conftest import ServerProcess
 
 WORKER_TIMEOUT = 120.0
 
