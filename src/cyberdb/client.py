@@ -20,7 +20,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TextIO, TypeVar
 
@@ -44,7 +44,7 @@ from .errors import (
 from .lock import Lock
 from .pipeline import Pipeline
 from .retry import Retry
-from .tables import SPEC_REPLY, CyberDict, CyberList, Steps, drive, stream
+from .tables import SPEC_REPLY, CyberDict, CyberList, SyncExecutor
 from .transaction import Transaction, transact
 
 __all__ = ["Client", "Connection", "ConnectionPool", "Proxy", "connect"]
@@ -426,7 +426,7 @@ def connect(host: str = "127.0.0.1", port: int = 9980, password: str | None = No
     return client
 
 
-class Proxy:
+class Proxy(SyncExecutor):
     """A handle holding one pooled connection between ``connect()`` and ``close()``; makes table objects."""
 
     def __init__(self, client: Client) -> None:
@@ -486,14 +486,6 @@ class Proxy:
         if shape is SPEC_REPLY:
             shape = spec.reply
         return result if shape is None else shape(result)
-
-    def run(self, steps: Steps[T]) -> T:
-        """Drive a multi-step operation, each request sent at once."""
-        return drive(self.call, steps)
-
-    def stream(self, steps: Steps[Any]) -> Iterator[Any]:
-        """Drive a multi-step operation, yielding each reply."""
-        return stream(self.call, steps)
 
     def call_many(self, requests: list[tuple[int, bytes]]) -> list[Raw]:
         """Send ``(op, payload)`` requests in one go and return their raw ``(status, payload)`` replies in order.

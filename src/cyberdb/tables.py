@@ -36,7 +36,7 @@ from .errors import ConcurrentModificationError
 if TYPE_CHECKING:
     from collections.abc import ItemsView, KeysView, ValuesView
 
-__all__ = ["SPEC_REPLY", "CyberDict", "CyberList", "CyberRef", "Executor", "Step", "drive", "stream"]
+__all__ = ["SPEC_REPLY", "CyberDict", "CyberList", "CyberRef", "Executor", "Step", "SyncExecutor", "drive", "stream"]
 
 ITER_CHUNK = 1000  # items per round trip when iterating a CyberList
 SORT_ATTEMPTS = 10  # sort(key=...) retries when the list changes between its read and its write-back
@@ -81,6 +81,24 @@ def stream(call: Callable[[CommandSpec, list[Any]], Any], steps: Steps[Any]) -> 
             step = steps.send(reply)
     except StopIteration:
         return
+
+
+class SyncExecutor:
+    """``run`` and ``stream`` for an executor whose ``call`` returns the reply at once (Proxy, Transaction)."""
+
+    __slots__ = ()
+
+    def call(self, spec: CommandSpec, args: list[Any], shape: Any = SPEC_REPLY) -> Any:  # pragma: no cover
+        """Run one request now and return its shaped reply."""
+        raise NotImplementedError
+
+    def run(self, steps: Steps[T]) -> T:
+        """Drive a multi-step operation, each request run at once."""
+        return drive(self.call, steps)
+
+    def stream(self, steps: Steps[Any]) -> Iterator[Any]:
+        """Drive a multi-step operation, yielding each reply."""
+        return stream(self.call, steps)
 
 
 def _one(step: Step) -> Steps[Any]:

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import protocol
 from .codec import encode_value
 from .commands import BY_ID, BY_NAME, CommandSpec
 from .errors import BatchAbortedError, TransactionConflictError, error_from_code
-from .tables import SPEC_REPLY, CyberDict, CyberList, Steps, drive, stream
+from .tables import SPEC_REPLY, CyberDict, CyberList, SyncExecutor
 
 if TYPE_CHECKING:
     from .client import Proxy
@@ -46,7 +46,7 @@ _BACKOFF = 0.0005  # seconds; doubles per conflict (with jitter) up to _MAX_BACK
 _MAX_BACKOFF = 0.05
 
 
-class Transaction:
+class Transaction(SyncExecutor):
     """The ``tx`` that ``fn`` gets: tables whose writes are buffered and whose reads see them."""
 
     def __init__(self, proxy: Proxy) -> None:
@@ -85,14 +85,6 @@ class Transaction:
         if shape is SPEC_REPLY:
             shape = spec.reply
         return value if shape is None else shape(value)
-
-    def run(self, steps: Steps[T]) -> T:
-        """Drive a multi-step operation inside the transaction."""
-        return drive(self.call, steps)
-
-    def stream(self, steps: Steps[Any]) -> Iterator[Any]:
-        """Drive a multi-step operation inside the transaction, yielding each reply."""
-        return stream(self.call, steps)
 
     # ---- ending ------------------------------------------------------------------------------------------------
 
