@@ -364,18 +364,19 @@ class Client:
             self._new_identity()
         return self._client_id
 
-    def _begin(self, n: int = 1) -> int:
-        """Number ``n`` new requests; return the first number.  They count as in flight until ``_end``."""
+    def _begin(self, n: int = 1) -> tuple[int, int]:
+        """Number ``n`` new requests (in flight until ``_end``); return the first number and the current ack."""
         if self._id_forks != _forks[0] or not _HAVE_FORK_HOOK and self._id_pid != os.getpid():
             self._new_identity()
         with self._id_lock:
             first = self._next_request
             self._next_request = first + n
+            in_flight = self._in_flight
             if n == 1:
-                self._in_flight[first] = None
+                in_flight[first] = None
             else:
-                self._in_flight.update(dict.fromkeys(range(first, first + n)))
-        return first
+                in_flight.update(dict.fromkeys(range(first, first + n)))
+            return first, (first if len(in_flight) == n else min(in_flight))
 
     def _ack(self) -> int:
         """Every request numbered below this is finished (what the server may forget)."""
@@ -465,14 +466,15 @@ class Proxy(SyncExecutor):
             raise DisconnectedError(_CLOSED)
         payload = encode_value(args)
         client = self._client
-        req_id = client._begin()
+        req_id, ack = client._begin()
         attempt = 0
         try:
             while True:
                 if conn.broken or conn.forks != _forks[0] or not _HAVE_FORK_HOOK and conn.pid != os.getpid():
                     conn = self._replace(conn)  # broken earlier, or the parent's socket after a fork
+                    ack = client._ack()
                 try:
-                    result = conn.call(spec.op, payload, req_id, client._ack())
+                    result = conn.call(spec.op, payload, req_id, ack)
                     break
                 except (TableNotFoundError, WrongTableTypeError):
                     if args and type(args[0]) is str:
@@ -497,7 +499,7 @@ class Proxy(SyncExecutor):
         if conn is None:
             raise DisconnectedError(_CLOSED)
         client = self._client
-        first = client._begin(len(requests))
+        first, ack = client._begin(len(requests))
         numbered = [(first + i, op, payload) for i, (op, payload) in enumerate(requests)]
         out: list[Raw] = []
         attempt = 0
@@ -505,8 +507,9 @@ class Proxy(SyncExecutor):
             while True:
                 if conn.broken or conn.forks != _forks[0] or not _HAVE_FORK_HOOK and conn.pid != os.getpid():
                     conn = self._replace(conn)
+                    ack = client._ack()
                 try:
-                    conn.call_many(numbered[len(out):], client._ack(), out)
+                    conn.call_many(numbered[len(out):], ack, out)
                     return out
                 except (ConnectionLostError, TimeoutError) as exc:
                     self._before_retry(conn, _DB_BATCH, attempt, exc)
