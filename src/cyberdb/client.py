@@ -384,9 +384,10 @@ class Client:
             return min(self._in_flight, default=self._next_request)
 
     def _end(self, first: int, n: int = 1) -> None:
-        in_flight = self._in_flight
-        for req_id in range(first, first + n):
-            in_flight.pop(req_id, None)
+        with self._id_lock:
+            in_flight = self._in_flight
+            for req_id in range(first, first + n):
+                in_flight.pop(req_id, None)
 
     # ---- public -------------------------------------------------------------------------------------------------
 

@@ -100,6 +100,7 @@ class Journal:
         self._store = store
         self._undo: list[Callable[[], None]] = []
         self._copied: set[str] = set()  # tables saved whole: later top-level writes to them need no record
+        self._versions: dict[str, int] = {}  # each written table's version before the batch
 
     def before(self, spec: CommandSpec, args: list[Any]) -> None:
         """Record how to undo ``spec`` on ``args`` (before it runs)."""
@@ -109,6 +110,8 @@ class Journal:
         table = self._store.get(name)
         if table is None:
             return  # the command fails without a change
+        if name not in self._versions:  # a rolled-back batch must not make compare-and-set (sort) fail
+            self._versions[name] = self._store.version(name)
         if spec.path:
             path = args[1] if len(args) > 1 else None
             if type(path) is list and path:
@@ -153,6 +156,8 @@ class Journal:
         """Undo every recorded write, newest first."""
         while self._undo:
             self._undo.pop()()
+        for name, version in self._versions.items():
+            self._store.set_version(name, version)
 
 
 def _restore(target: dict[Any, Any] | list[Any], saved: Any) -> None:

@@ -167,6 +167,10 @@ class Store:
         """The version of table ``name`` (changes on every write)."""
         return self._versions.get(name, 0)
 
+    def set_version(self, name: str, version: int) -> None:
+        """Put back the version of table ``name`` (a batch that was rolled back changed nothing)."""
+        self._versions[name] = version
+
     def _add(self, name: str, table: Table) -> None:
         self._tables[name] = table
         self._clock += 1
