@@ -57,7 +57,8 @@ def test_a_batch_that_succeeds_returns_each_result_as_it_was_then(store: Store) 
 
 def test_speculation_returns_the_last_reply_with_its_digest_and_changes_nothing(store: Store) -> None:
     before = snapshot(store)
-    status, payload = store.outcome(C["db.speculate"], [[step("dict.setitem", "d", "a", 7), step("dict.getitem", "d", "a")]])
+    speculation = [step("dict.setitem", "d", "a", 7), step("dict.getitem", "d", "a")]
+    status, payload = store.outcome(C["db.speculate"], [speculation])
     got_status, value, got_digest = decode_value(payload)
     assert (status, got_status, value) == (0, 0, 7)
     assert snapshot(store) == before
