@@ -34,20 +34,22 @@ class _Pair:
 
     def cut(self) -> None:
         """Wake both pumps: the client sees its connection close, and so does the server."""
-        for sock in (self.downstream, self.upstream):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # not connected any more
+        with self._lock:  # never shut down a descriptor that a pump has just closed (and the OS reused)
+            if self._running == 0:
+                return
+            for sock in (self.downstream, self.upstream):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # not connected any more
 
     def pump_done(self) -> None:
         """Called by each pump as it ends; the last one closes both sockets."""
         with self._lock:
             self._running -= 1
-            last = self._running == 0
-        if last:
-            self.downstream.close()
-            self.upstream.close()
+            if self._running == 0:
+                self.downstream.close()
+                self.upstream.close()
 
     def join(self, timeout: float) -> bool:
         """Wait for both pumps; True if they ended."""

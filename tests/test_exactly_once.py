@@ -65,6 +65,8 @@ class Dropper:
         call = Call(fn)
         self.calls.append(call)
         if not self.relay.held.wait(WAIT):
+            if not call.thread.is_alive():
+                call.result()  # fn failed before sending its request: show why
             raise AssertionError("the server never answered the request (no reply was held)")
         assert self.relay.held_bytes, "the held reply is empty"
         return call
@@ -369,7 +371,7 @@ def test_transaction_commit_is_applied_once(proxy: cyberdb.Proxy, a_proxy: cyber
     def fn(tx: cyberdb.Transaction) -> int:
         runs.append(1)
         t = tx.get_cyberdict(name)
-        x = t["x"]  # a speculative read: one round trip, answered normally
+        x: int = t["x"]  # a speculative read: one round trip, answered normally
         t["x"] = x + 1  # buffered until the commit
         t["log"] = "A"
         relay.hold_next_reply()  # the next request is the commit (a db.batch): lose its reply
