@@ -20,12 +20,32 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 PASSWORD_ENV = "CYBERDB_BENCH_PASSWORD"
+PIPELINE_CALLS = 1000  # calls per pipeline: one unit of pipe_set / pipe_get
+PIPE_OPS = ("pipe_set", "pipe_get")
+MIN_PIPE_UNITS = 20  # pipelines per client and measurement, however small --ops is
+PROBE_UNITS = 3  # untimed units whose round trips are counted, after the warm-up
+ACCOUNT_START = 1_000_000  # transact moves 1 from "a" to "b"; reset before every measurement
 
 Op = Callable[[Any], object]
 
 
+class _CountingSocket:
+    """Wraps a socket and counts `sendall` calls: the client writes requests once per round trip."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.writes = 0
+
+    def sendall(self, data: bytes) -> None:
+        self.writes += 1
+        self._sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 class _CyberDB:
-    """CyberDB through its public API: dict table "d", list table "l"."""
+    """CyberDB through its public API: dicts "d", "c" (counters), "sessions", "acct<worker>"; list "l"."""
 
     def __init__(self, host: str, port: int, password: str, encrypt: bool) -> None:
         import cyberdb
@@ -34,6 +54,7 @@ class _CyberDB:
         self._stack = contextlib.ExitStack()
         self._stack.enter_context(self._client.get_proxy())  # fail early if we cannot connect
         self.info = {"client": f"cyberdb {_dist_version('cyberdb')}", "encrypt": encrypt}
+        self._proxy: Any = None
 
     def setup(self, keys: list[str], value: str, list_len: int) -> None:
         """Create and fill the tables (once per server)."""
@@ -46,12 +67,15 @@ class _CyberDB:
         lst = proxy.get_cyberlist("l")
         for _ in range(list_len):
             lst.append(value)
+        proxy.create_cyberdict("c", dict.fromkeys(keys, 0))
+        proxy.create_cyberdict("sessions", {"s1": {"cart": []}})
 
-    def op(self, name: str, value: str) -> Op:
-        """Return a one-argument callable doing one round trip of `name`, on a fresh proxy.
+    def op(self, name: str, value: str, worker: int) -> Op:
+        """Return a one-argument callable doing one unit of `name`, on a fresh proxy.
 
         A proxy per measurement, as an application holds one per request: the workers idle between
-        measurements, and the connection goes back to the client's pool meanwhile.
+        measurements, and the connection goes back to the client's pool meanwhile. `worker` names this
+        client's own account and lock, so transact and lock stay uncontended with several clients.
         """
         proxy = self._fresh_proxy()
         d = proxy.get_cyberdict("d")
@@ -66,11 +90,80 @@ class _CyberDB:
             return lambda _: lst.append(value)
         if name == "index":
             return lambda i: lst[i]
+        if name == "incr":
+            counters = proxy.get_cyberdict("c")
+            return lambda key: counters.incr(key)
+        if name in PIPE_OPS:
+            return self._pipe_op(proxy, name, value)
+        if name == "transact":
+            return self._transact_op(proxy, f"acct{worker}")
+        if name == "lock":
+            lock_name = f"L{worker}"
+
+            def lock(_: object) -> None:
+                lk = proxy.lock(lock_name, ttl=10)
+                lk.acquire()
+                lk.release()
+
+            return lock
+        if name == "ref_append":
+            sessions = proxy.get_cyberdict("sessions")
+            sessions["s1"] = {"cart": []}  # so the cart holds one measurement's items at most
+            return lambda _: sessions.ref("s1", "cart").append(value)
         raise ValueError(f"unknown op {name!r}")
+
+    @staticmethod
+    def _pipe_op(proxy: Any, name: str, value: str) -> Op:
+        def pipe_set(keys: list[str]) -> object:
+            with proxy.pipeline() as pipe:
+                t = pipe.get_cyberdict("d")
+                for k in keys:
+                    t[k] = value
+            return pipe.results
+
+        def pipe_get(keys: list[str]) -> object:
+            with proxy.pipeline() as pipe:
+                t = pipe.get_cyberdict("d")
+                for k in keys:
+                    t[k]
+            return pipe.results
+
+        return pipe_set if name == "pipe_set" else pipe_get
+
+    @staticmethod
+    def _transact_op(proxy: Any, acct: str) -> Op:
+        if acct in proxy.tables():
+            proxy.get_cyberdict(acct).update({"a": ACCOUNT_START, "b": 0})
+        else:
+            proxy.create_cyberdict(acct, {"a": ACCOUNT_START, "b": 0})
+
+        def fn(tx: Any) -> None:
+            t = tx.get_cyberdict(acct)
+            a = t["a"]
+            b = t["b"]
+            t["a"] = a - 1
+            t["b"] = b + 1
+
+        return lambda _: proxy.transact(fn)
+
+    def round_trips(self, fn: Op, args: list[Any]) -> tuple[float, object]:
+        """Run `fn` untimed on each of `args`; return round trips per call (socket writes) and the last result.
+
+        Counted on the socket, not with `Connection.requests`: that counts replies, 1000 per pipeline.
+        """
+        conn = self._proxy._conn
+        real = conn.sock
+        counting = conn.sock = _CountingSocket(real)
+        try:
+            result = [fn(arg) for arg in args][-1]
+        finally:
+            conn.sock = real
+        return counting.writes / len(args), result
 
     def _fresh_proxy(self) -> Any:
         self._stack.close()
-        return self._stack.enter_context(self._client.get_proxy())
+        self._proxy = self._stack.enter_context(self._client.get_proxy())
+        return self._proxy
 
     def done(self) -> None:
         """End of a measurement: return the proxy's connection to the pool."""
@@ -82,7 +175,7 @@ class _CyberDB:
 
 
 class _Redis:
-    """redis-py against redis-server: hash "h", list "l" (the same shapes as CyberDB's tables)."""
+    """redis-py against redis-server: hashes "h", "hc", "acct<worker>", lists "l", "cart:s1" (CyberDB's shapes)."""
 
     def __init__(self, host: str, port: int) -> None:
         import redis
@@ -95,12 +188,13 @@ class _Redis:
 
     def setup(self, keys: list[str], value: str, list_len: int) -> None:
         """Create and fill the hash and the list (once per server)."""
-        self._r.delete("h", "l")
+        self._r.delete("h", "l", "hc", "cart:s1")
         self._r.hset("h", mapping=dict.fromkeys(keys, value))
         self._r.rpush("l", *[value] * list_len)
+        self._r.hset("hc", mapping=dict.fromkeys(keys, 0))
 
-    def op(self, name: str, value: str) -> Op:
-        """Return a one-argument callable doing one round trip of `name`."""
+    def op(self, name: str, value: str, worker: int) -> Op:
+        """Return a one-argument callable doing one unit of `name` (`worker`: see _CyberDB.op)."""
         r = self._r
         if name == "set":
             return lambda key: r.hset("h", key, value)
@@ -112,7 +206,84 @@ class _Redis:
             return lambda _: r.rpush("l", value)
         if name == "index":
             return lambda i: r.lindex("l", i)
+        if name == "incr":
+            return lambda key: r.hincrby("hc", key, 1)
+        if name == "pipe_set":
+
+            def pipe_set(keys: list[str]) -> object:
+                p = r.pipeline(transaction=False)
+                for k in keys:
+                    p.hset("h", k, value)
+                return p.execute()
+
+            return pipe_set
+        if name == "pipe_get":
+
+            def pipe_get(keys: list[str]) -> object:
+                p = r.pipeline(transaction=False)
+                for k in keys:
+                    p.hget("h", k)
+                return p.execute()
+
+            return pipe_get
+        if name == "transact":
+            return self._transact_op(f"acct{worker}")
+        if name == "lock":
+            lock_name = f"L{worker}"
+
+            def lock(_: object) -> None:
+                lk = r.lock(lock_name, timeout=10)
+                lk.acquire()
+                lk.release()
+
+            return lock
+        if name == "ref_append":
+            r.delete("cart:s1")  # as CyberDB's cart: one measurement's items at most
+            return lambda _: r.rpush("cart:s1", value)
         raise ValueError(f"unknown op {name!r}")
+
+    def _transact_op(self, acct: str) -> Op:
+        """redis-py's optimistic transaction: WATCH, read, MULTI, write, EXEC."""
+        r = self._r
+        r.hset(acct, mapping={"a": ACCOUNT_START, "b": 0})
+
+        def transact(_: object) -> None:
+            with r.pipeline() as p:
+                p.watch(acct)
+                a = int(p.hget(acct, "a"))
+                b = int(p.hget(acct, "b"))
+                p.multi()
+                p.hset(acct, "a", a - 1)
+                p.hset(acct, "b", b + 1)
+                p.execute()
+
+        return transact
+
+    def round_trips(self, fn: Op, args: list[Any]) -> tuple[float, object]:
+        """Run `fn` untimed on each of `args`; return round trips per call and the last result.
+
+        redis-py writes each immediate command, and each pipeline's whole stack, with one
+        `send_packed_command` before reading the replies: counting its calls counts round trips.
+        """
+        cls = self._r.connection_pool.connection_class
+        own = "send_packed_command" in cls.__dict__
+        original = cls.send_packed_command
+        writes = 0
+
+        def counting(conn: Any, *a: Any, **kw: Any) -> Any:
+            nonlocal writes
+            writes += 1
+            return original(conn, *a, **kw)
+
+        cls.send_packed_command = counting
+        try:
+            result = [fn(arg) for arg in args][-1]
+        finally:
+            if own:
+                cls.send_packed_command = original
+            else:
+                del cls.send_packed_command
+        return writes / len(args), result
 
     def done(self) -> None:
         """End of a measurement: nothing to release (redis-py returns connections per command)."""
@@ -133,7 +304,7 @@ class _Echo:
     def setup(self, keys: list[str], value: str, list_len: int) -> None:
         """Nothing to fill."""
 
-    def op(self, name: str, value: str) -> Op:
+    def op(self, name: str, value: str, worker: int) -> Op:
         """Return the echo round trip; `value` gives the payload size."""
         if name != "echo":
             raise ValueError(f"unknown op {name!r}")
@@ -154,6 +325,12 @@ class _Echo:
 
         return echo
 
+    def round_trips(self, fn: Op, args: list[Any]) -> tuple[float, object]:
+        """One round trip per echo, by construction."""
+        for arg in args:
+            fn(arg)
+        return 1.0, None
+
     def done(self) -> None:
         """End of a measurement: the socket stays open."""
 
@@ -171,13 +348,43 @@ def _dist_version(name: str) -> str:
         return "?"
 
 
+def _units(op: str, ops: int, warmup: int) -> tuple[int, int]:
+    """Timed and warm-up units for `--ops` and `--warmup` calls: a pipeline unit is PIPELINE_CALLS calls."""
+    if op not in PIPE_OPS:
+        return ops, warmup
+    units = max(MIN_PIPE_UNITS, ops // PIPELINE_CALLS)
+    return units, min(units, -(-warmup // PIPELINE_CALLS))
+
+
 def _args_for(op: str, ops: int, offset: int, keys: int, list_len: int) -> list[Any]:
     # Precomputed so the timed loop does the same tiny work for every system.
-    if op in ("set", "get"):
+    if op in ("set", "get", "incr"):
         return [f"k{(i + offset) % keys}" for i in range(ops)]
     if op == "index":
         return [(i + offset) % list_len for i in range(ops)]
+    if op in PIPE_OPS:  # one list of PIPELINE_CALLS keys per pipeline, sharing the key strings
+        names = [f"k{i}" for i in range(keys)]
+        return [[names[(u * PIPELINE_CALLS + j + offset) % keys] for j in range(PIPELINE_CALLS)] for u in range(ops)]
     return [None] * ops
+
+
+def _check(op: str, result: object, value: str) -> None:
+    """Refuse to time an op that does not do its work (a CyberDB pipeline keeps each call's error as a result)."""
+    if op in ("get", "index"):
+        ok = result == value
+    elif op == "incr":
+        ok = type(result) is int
+    elif op in PIPE_OPS:
+        if not isinstance(result, list) or len(result) != PIPELINE_CALLS:
+            ok = False
+        elif op == "pipe_get":
+            ok = all(x == value for x in result)
+        else:
+            ok = not any(isinstance(x, BaseException) for x in result)
+    else:
+        ok = True
+    if not ok:
+        raise RuntimeError(f"{op} returned {result!r:.300}")
 
 
 def _timed(fn: Op, args: list[Any]) -> dict[str, Any]:
@@ -199,7 +406,7 @@ def _serve(adapter: _CyberDB | _Redis | _Echo, out: TextIO) -> None:
         out.flush()
 
     reply({"ok": True, "info": adapter.info})
-    pending: tuple[Op, list[Any]] | None = None
+    pending: tuple[Op, list[Any], dict[str, Any]] | None = None
     for line in sys.stdin:
         msg = json.loads(line)
         cmd = msg["cmd"]
@@ -208,18 +415,24 @@ def _serve(adapter: _CyberDB | _Redis | _Echo, out: TextIO) -> None:
             adapter.done()
             reply({"ok": True})
         elif cmd == "prepare":
-            fn = adapter.op(msg["op"], msg["value"])
-            args = _args_for(msg["op"], msg["ops"], msg["offset"], msg["keys"], msg["list_len"])
-            _timed(fn, args[: msg["warmup"]])
-            pending = (fn, args)
+            op = msg["op"]
+            fn = adapter.op(op, msg["value"], msg["worker"])
+            units, warmup = _units(op, msg["ops"], msg["warmup"])
+            args = _args_for(op, units, msg["offset"], msg["keys"], msg["list_len"])
+            _timed(fn, args[:warmup])
+            trips, last = adapter.round_trips(fn, args[:PROBE_UNITS])
+            _check(op, last, msg["value"])
+            calls = units * (PIPELINE_CALLS if op in PIPE_OPS else 1)
+            pending = (fn, args, {"calls": calls, "trips": trips})
             reply({"ok": True})
         elif cmd == "go":
             if pending is None:
                 raise RuntimeError("'go' before 'prepare'")
-            result = _timed(*pending)
+            fn, args, extra = pending
+            result = _timed(fn, args)
             pending = None
             adapter.done()
-            reply(result)
+            reply({**result, **extra})
         elif cmd == "quit":
             break
         else:

@@ -9,7 +9,8 @@ Rules that keep the numbers comparable:
 - servers and clients are separate processes (no shared GIL); every system runs the same keys and values;
 - within a round the systems run back to back for each (op, clients), in an order rotated every round,
   so drift hits all of them; ratios are computed per round and the median is printed;
-- aggregate ops/s = total ops of all clients / (last client's end - first client's start).
+- aggregate ops/s = total ops of all clients / (last client's end - first client's start); for pipe_* an
+  op is one call of a pipeline, so the ratio compares calls, while p50/p99 and round trips are per pipeline.
 """
 
 from __future__ import annotations
@@ -41,10 +42,26 @@ from _proc import (
     run_guarded,
     wait_port,
 )
+from _worker import MIN_PIPE_UNITS, PIPELINE_CALLS, PROBE_UNITS
 
 HERE = Path(__file__).resolve().parent
 PASSWORD_ENV = "CYBERDB_BENCH_PASSWORD"
 OPS = ("set", "get", "len", "append", "index")  # what each one does per system: bench/README.md
+# the atomic-update features; opt-in with --operations, and left out of the geometric mean
+ATOMIC_OPS = ("incr", "pipe_set", "pipe_get", "transact", "lock", "ref_append")
+_PIPE_NOTE = (
+    f"pipe_*: ops/s counts calls, {PIPELINE_CALLS} per pipeline, so the ratio is per call; p50/p99 are per pipeline;\n"
+    f"        pipelines per client = max({MIN_PIPE_UNITS}, --ops // {PIPELINE_CALLS})"
+)
+NOTES = {  # printed under the table when the op ran
+    "pipe_set": _PIPE_NOTE,
+    "pipe_get": _PIPE_NOTE,
+    "transact": "transact: 2 reads + 2 writes; cyberdb: proxy.transact (2 speculative reads, 1 commit);\n"
+    "          redis: WATCH, HGET, HGET, then MULTI, HSET, HSET, EXEC in one pipeline",
+    "lock": "lock: acquire + release, uncontended (redis-py: SET NX PX, then a Lua release script)",
+    "ref_append": 'ref_append: cyberdb appends to sessions["s1"]["cart"] in place; plain Redis has no nested\n'
+    "            documents, so redis does RPUSH cart:s1",
+}
 
 
 @dataclass(frozen=True)
@@ -85,7 +102,8 @@ class Sample:
     ops_s: float
     p50_us: float
     p99_us: float
-    n: int
+    n: int  # timed units (pipelines for pipe_*) of all clients
+    trips: float = math.nan  # round trips per unit, counted on PROBE_UNITS untimed units
 
 
 class Worker:
@@ -207,14 +225,14 @@ class Bench:
     def measure(self, rnd: int, system: System, op: str, clients: int) -> Sample:
         """Run `op` on `clients` workers at once; return aggregate ops/s and pooled latency percentiles."""
         workers = self.pools[system.name][:clients]
-        n = self.args.ops
         deadline = time.monotonic() + self.args.timeout
         for i, w in enumerate(workers):
             w.send(
                 {
                     "cmd": "prepare",
                     "op": op,
-                    "ops": n,
+                    "ops": self.args.ops,  # the worker turns these into units (pipelines for pipe_*)
+                    "worker": i,
                     "warmup": self.args.warmup,
                     "offset": i * 257,
                     "keys": self.args.keys,
@@ -231,10 +249,11 @@ class Bench:
         lat = sorted(x for r in replies for x in r["lat"])
         return Sample(
             rnd=rnd,
-            ops_s=n * clients / (wall_ns / 1e9),
+            ops_s=sum(r["calls"] for r in replies) / (wall_ns / 1e9),
             p50_us=_percentile(lat, 0.50) / 1e3,
             p99_us=_percentile(lat, 0.99) / 1e3,
             n=len(lat),
+            trips=statistics.mean(r["trips"] for r in replies),
         )
 
     def record(self, rnd: int, system: System, op: str, clients: int) -> None:
@@ -243,7 +262,7 @@ class Bench:
         self.results.setdefault((op, clients, system.name), []).append(sample)
         if not self.args.quiet:
             print(
-                f"  round {rnd + 1}/{self.args.rounds}  {op:<6} c={clients}  {system.name:<12}"
+                f"  round {rnd + 1}/{self.args.rounds}  {op:<10} c={clients}  {system.name:<12}"
                 f" {sample.ops_s:>10,.0f} ops/s  p50 {sample.p50_us:7.1f} µs  p99 {sample.p99_us:8.1f} µs",
                 file=sys.stderr,
                 flush=True,
@@ -307,8 +326,8 @@ def report(bench: Bench, systems: list[System], echo: bool) -> None:
         info = ", ".join(f"{k}={v}" for k, v in bench.info.get(system.name, {}).items())
         print(f"  {system.name:<12} {system.doc}  [{info}]")
     print()
-    head = f"{'op':<7} {'clients':>7}  {'system':<12} {'ops/s':>10} {'p50 µs':>8} {'p99 µs':>8}"
-    head += f" {'ratio':>6} {'spread':>7}"
+    head = f"{'op':<10} {'clients':>7}  {'system':<12} {'ops/s':>10} {'p50 µs':>8} {'p99 µs':>8}"
+    head += f" {'ratio':>6} {'spread':>7} {'trips':>5}"
     print(head)
     print("-" * len(head))
     for op in args.operations:
@@ -320,22 +339,33 @@ def report(bench: Bench, systems: list[System], echo: bool) -> None:
                 ops_s = statistics.median(s.ops_s for s in samples)
                 spread = (max(s.ops_s for s in samples) - min(s.ops_s for s in samples)) / ops_s * 100
                 print(
-                    f"{op:<7} {clients:>7}  {system.name:<12} {ops_s:>10,.0f}"
+                    f"{op:<10} {clients:>7}  {system.name:<12} {ops_s:>10,.0f}"
                     f" {statistics.median(s.p50_us for s in samples):>8.1f}"
                     f" {statistics.median(s.p99_us for s in samples):>8.1f}"
                     f" {_fmt(_ratio(bench, op, clients, system.name, baseline), '>6.2f')}"
                     f" {(f'{spread:.0f}%' if len(samples) > 1 else '-'):>7}"
+                    f" {_fmt(statistics.median(s.trips for s in samples), '>5.2f')}"
                 )
         print()
-    print(f"geometric mean of ratio (ops/s vs {baseline}) over {len(args.operations)} ops:")
-    for clients in args.clients:
-        parts = []
-        for system in systems:
-            ratios = [_ratio(bench, op, clients, system.name, baseline) for op in args.operations]
-            ratios = [r for r in ratios if not math.isnan(r) and r > 0]
-            gm = math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else math.nan
-            parts.append(f"{system.name} {_fmt(gm, '.2f')}")
-        print(f"  clients={clients}:  " + "   ".join(parts))
+    print(
+        f"trips: round trips per op (pipe_*: per pipeline), counted on {PROBE_UNITS} untimed ops after the warm-up\n"
+        "       (cyberdb: writes to its socket; redis-py: send_packed_command calls)"
+    )
+    for note in dict.fromkeys(NOTES[op] for op in args.operations if op in NOTES):
+        print(note)
+    # The atomic-update ops measure other things (pipelines, several round trips): the mean covers the basic ones.
+    basic = [op for op in args.operations if op in OPS]
+    if basic:
+        print()
+        print(f"geometric mean of ratio (ops/s vs {baseline}) over {len(basic)} ops ({', '.join(basic)}):")
+        for clients in args.clients:
+            parts = []
+            for system in systems:
+                ratios = [_ratio(bench, op, clients, system.name, baseline) for op in basic]
+                ratios = [r for r in ratios if not math.isnan(r) and r > 0]
+                gm = math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else math.nan
+                parts.append(f"{system.name} {_fmt(gm, '.2f')}")
+            print(f"  clients={clients}:  " + "   ".join(parts))
     if echo:
         print()
         print(f"reference: {ECHO.name} ({args.value_size} B round trip, no protocol)")
@@ -381,7 +411,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=500, help="untimed ops per client before each measurement")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds; medians are printed (1)")
     p.add_argument("--clients", type=lambda s: _csv(int, s), default=[1, 4], help="client processes (1,4)")
-    p.add_argument("--operations", type=lambda s: _csv(str, s), default=list(OPS), help=",".join(OPS))
+    p.add_argument(
+        "--operations",
+        type=lambda s: _csv(str, s),
+        default=list(OPS),
+        help=f"default {','.join(OPS)}; also {','.join(ATOMIC_OPS)}",
+    )
     p.add_argument("--systems", type=lambda s: _csv(str, s), default=names, help=",".join(names))
     p.add_argument("--baseline", default="redis", help="system the ratio column divides by (redis)")
     p.add_argument("--no-echo", action="store_true", help="skip the raw TCP echo reference")
@@ -397,8 +432,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quiet", action="store_true", help="no per-measurement progress on stderr")
     args = p.parse_args(argv)
     for op in args.operations:
-        if op not in OPS:
-            p.error(f"unknown operation {op!r} (choose from {', '.join(OPS)})")
+        if op not in OPS + ATOMIC_OPS:
+            p.error(f"unknown operation {op!r} (choose from {', '.join(OPS + ATOMIC_OPS)})")
     for name in args.systems:
         if name not in names:
             p.error(f"unknown system {name!r} (choose from {', '.join(names)})")
