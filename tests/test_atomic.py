@@ -538,3 +538,13 @@ def test_threads_share_a_client_with_exactly_once_numbers(server: ServerProcess,
         del d
     finally:
         client.close()
+
+
+def test_pipeline_with_replies_beyond_one_request_budget(proxy: cyberdb.Proxy, name: str) -> None:
+    big = "x" * (1 << 20)
+    d = proxy.create_cyberdict(name, {i: big for i in range(20)})
+    with proxy.pipeline() as pipe:
+        t = pipe.get_cyberdict(name)
+        got = [t.pop(i) for i in range(20)]  # writes with 20 MiB of replies: more than one request may carry
+    assert [g.result() for g in got] == [big] * 20
+    assert d.todict() == {}

@@ -73,6 +73,8 @@ def _specs() -> list[CommandSpec]:
         CommandSpec("db.batch", 6, None, 1, 1),
         # the same steps, rolled back at the end -> [status, result, digest] of the last step (transactions)
         CommandSpec("db.speculate", 7, None, 1, 1, readonly=True),
+        # [[op, args], ...] -> [[status, result], ...]: each call on its own, as if sent one by one (pipelines)
+        CommandSpec("db.pipeline", 8, None, 1, 1),
         CommandSpec("lock.acquire", 10, None, 2, 2),  # name, ttl -> token or None
         CommandSpec("lock.release", 11, None, 2, 2, returns=False),  # name, token
         CommandSpec("lock.extend", 12, None, 3, 3, returns=False),  # name, token, ttl

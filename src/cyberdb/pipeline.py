@@ -1,11 +1,13 @@
 """Pipelines: the executor that queues table calls and sends them together.
 
 ``with proxy.pipeline() as pipe:`` gives tables (``pipe.get_cyberdict(name)``, ``pipe.get_cyberlist(name)``)
-whose every call returns a :class:`Pending` at once.  When the block ends (or at ``pipe.execute()``) all
-requests leave in one write and their replies are read together: one round trip for the lot.  Each call
-keeps its own result or error (``pending.result()``; ``pipe.results`` in order), and one failing call does not
-stop the others.  Each request is numbered like any other, so a pipeline cut by a lost connection is re-sent
-without running anything twice.
+whose every call returns a :class:`Pending` at once.  When the block ends (or at ``pipe.execute()``) the
+calls leave in one write as ``db.pipeline`` requests of up to ``PIPELINE_CHUNK`` calls each, and the replies
+are read together: one round trip for the lot, and one request on the server per chunk rather than one per
+call.  The server runs each call on its own, as if sent one by one: each keeps its own result or error
+(``pending.result()``; ``pipe.results`` in order), and one failing call does not stop the others (other
+clients' commands may run between two chunks).  Each request is numbered like any other, so a pipeline cut
+by a lost connection is re-sent without running anything twice.
 
 With ``atomic=True`` the queued calls travel as one ``db.batch`` request and run on the server as one
 uninterrupted unit, all or nothing: if one raises, none is applied (Redis' MULTI cannot roll back) and the
@@ -22,9 +24,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import protocol
-from .codec import decode_value, encode_value
+from .codec import decode_value, encode_array, encode_value
 from .commands import BY_NAME, CommandSpec
-from .errors import BatchAbortedError, CyberDBError, error_from_code
+from .errors import BatchAbortedError, error_from_code
 from .tables import SPEC_REPLY, CyberDict, CyberList, Steps
 
 if TYPE_CHECKING:
@@ -33,8 +35,10 @@ if TYPE_CHECKING:
 __all__ = ["Pending", "Pipeline"]
 
 T = TypeVar("T")
-_BATCH = BY_NAME["db.batch"]
+_BATCH, _PIPELINE = BY_NAME["db.batch"], BY_NAME["db.pipeline"]
 _UNSET: Any = object()
+PIPELINE_CHUNK = 4096  # calls per db.pipeline request
+_OP_HEADS: dict[int, bytes] = {}  # op -> the encoding of "[op, " (a step is [op, args], args encoded at the call)
 
 
 class Pending:
@@ -78,6 +82,9 @@ class Pending:
         self._error = error
 
 
+Queued = tuple[CommandSpec, list[Any], bytes, Pending]  # spec, args, encoded step, its Pending
+
+
 class Pipeline:
     """Queues calls of its tables and sends them together (see the module docstring)."""
 
@@ -85,7 +92,7 @@ class Pipeline:
         """A pipeline on ``proxy``'s connection; ``atomic=True`` makes it one all-or-nothing batch."""
         self._proxy = proxy
         self.atomic = atomic
-        self._queue: list[tuple[CommandSpec, list[Any], bytes, Pending]] = []
+        self._queue: list[Queued] = []
         self.results: list[Any] = []  # after execute(): each call's value, or its exception
 
     def __repr__(self) -> str:
@@ -116,8 +123,13 @@ class Pipeline:
 
     def call(self, spec: CommandSpec, args: list[Any], shape: Any = SPEC_REPLY) -> Pending:
         """Queue one call and return its :class:`Pending` (arguments are checked and encoded now)."""
+        if self.atomic and spec.kind is None:
+            raise TypeError(f"{spec.name} cannot be part of an atomic batch (only table calls can)")
+        head = _OP_HEADS.get(spec.op)
+        if head is None:
+            head = _OP_HEADS[spec.op] = b"\x92" + encode_value(spec.op)
         pending = Pending(spec, shape)
-        self._queue.append((spec, args, encode_value(args), pending))
+        self._queue.append((spec, args, head + encode_value(args), pending))
         return pending
 
     def run(self, steps: Steps[T]) -> T:
@@ -137,34 +149,52 @@ class Pipeline:
             BatchAbortedError: (atomic only) a call failed, so none was applied; ``.index`` names it.
         """
         queue, self._queue = self._queue, []
-        if not queue:
-            self.results = []
-            return self.results
         if self.atomic:
-            self._execute_atomic(queue)
+            if queue:
+                self._execute_atomic(queue)
         else:
-            raw = self._proxy.call_many([(spec.op, payload) for spec, _args, payload, _p in queue])
-            for (_spec, _args, _payload, pending), (status, body) in zip(queue, raw, strict=True):
-                pending._resolve(status, decode_value(body))
+            rest = queue
+            while rest:
+                rest = self._execute_some(rest)
         self.results = [p._error if p._error is not None else p._value for _s, _a, _b, p in queue]
         return self.results
 
-    def _execute_atomic(self, queue: list[tuple[CommandSpec, list[Any], bytes, Pending]]) -> None:
-        for spec, _args, _payload, _pending in queue:
-            if spec.kind is None:
-                raise TypeError(f"{spec.name} cannot be part of an atomic batch (only table calls can)")
-        steps = [[spec.op, args] for spec, args, _payload, _pending in queue]
-        try:
-            values = self._proxy.call(_BATCH, [steps])
-        except BatchAbortedError as exc:
+    def _execute_some(self, queue: list[Queued]) -> list[Queued]:
+        """Send the queue in chunks; return the calls the server left for another request (see batch.py)."""
+        chunks = [queue[i:i + PIPELINE_CHUNK] for i in range(0, len(queue), PIPELINE_CHUNK)]
+        raw = self._proxy.call_many([(_PIPELINE.op, _steps_payload(chunk)) for chunk in chunks])
+        rest: list[Queued] = []
+        for chunk, (status, body) in zip(chunks, raw, strict=True):
+            if status != protocol.STATUS_OK:  # the request as a whole failed (e.g. too large)
+                error = error_from_code(status, tuple(decode_value(body)))
+                for _s, _a, _b, pending in chunk:
+                    pending._fail(error)
+                continue
+            replies = decode_value(body)
+            for (_s, _a, _b, pending), (call_status, value) in zip(chunk, replies, strict=False):
+                pending._resolve(call_status, value)
+            rest += chunk[len(replies):]
+        return rest
+
+    def _execute_atomic(self, queue: list[Queued]) -> None:
+        status, body = self._proxy.call_many([(_BATCH.op, _steps_payload(queue))])[0]
+        if status == protocol.STATUS_OK:
+            for (_spec, _args, _step, pending), value in zip(queue, decode_value(body), strict=True):
+                pending._resolve(protocol.STATUS_OK, value)
+            return
+        exc = error_from_code(status, tuple(decode_value(body)))
+        if isinstance(exc, BatchAbortedError):
             spec, args = queue[exc.index][0], queue[exc.index][1]
             exc.call = f"{spec.name} on table {args[0]!r}"
             for i, (_s, _a, _b, pending) in enumerate(queue):
                 pending._fail(exc.error if i == exc.index else exc)
-            raise
-        except CyberDBError as exc:
+        else:
             for _s, _a, _b, pending in queue:
                 pending._fail(exc)
-            raise
-        for (_spec, _args, _payload, pending), value in zip(queue, values, strict=True):
-            pending._resolve(protocol.STATUS_OK, value)
+        self.results = [exc] * len(queue)
+        raise exc
+
+
+def _steps_payload(queue: list[Queued]) -> bytes:
+    """The arguments ``[steps]`` of a db.pipeline or db.batch request, from the steps encoded at each call."""
+    return encode_array([encode_array([step for _spec, _args, step, _pending in queue])])

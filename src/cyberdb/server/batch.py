@@ -1,4 +1,8 @@
-"""Batches: table commands that apply all together or not at all (atomic pipelines, transactions).  No I/O.
+"""Batches: several table commands in one request (pipelines, atomic batches, transactions).  No I/O.
+
+``db.pipeline`` runs its steps one after the other, each on its own (a failing step does not stop the
+others), and answers ``[[status, result], ...]``: a pipeline costs one request however many calls it holds.
+The rest of this docstring is about the batches that apply all together or not at all.
 
 A batch is a list of steps, ``[op, args]`` or ``[op, args, digest]``.  The steps run one after the other inside
 one ``Store.execute`` call, so nothing else runs in between.  A step without a digest must succeed; a step with
@@ -23,15 +27,20 @@ from typing import Any
 
 from ..codec import encode_array, encode_value
 from ..commands import BY_ID, CommandSpec
-from ..errors import BatchAbortedError, TransactionConflictError
-from .store import STATUS_OK, Encoded, Store, decode_error
+from ..errors import BatchAbortedError, TransactionConflictError, error_code
+from ..protocol import MAX_FRAME
+from .store import STATUS_OK, Encoded, Store, decode_error, encode_error
 
-__all__ = ["DIGEST_SIZE", "MAX_STEPS", "Journal", "digest", "run_steps"]
+__all__ = ["DIGEST_SIZE", "MAX_STEPS", "Journal", "digest", "run_pipeline", "run_steps"]
 
 MAX_STEPS = 100_000
+PIPELINE_REPLY_BUDGET = 8 << 20  # bytes of replies after which a pipeline request stops running its steps
+_MAX_PIPELINE_REPLY = MAX_FRAME - (1 << 20)
+_TOO_LARGE = ValueError("this call's reply does not fit in its pipeline's reply frame")
 DIGEST_SIZE = 16
 _MISSING: Any = object()
 _KEYED_DICT_WRITES = frozenset({"setitem", "incr", "setdefault"})
+_OK_PAIR = b"\x92" + encode_value(STATUS_OK)  # the start of [STATUS_OK, result]
 
 
 def digest(status: int, payload: bytes) -> bytes:
@@ -39,6 +48,27 @@ def digest(status: int, payload: bytes) -> bytes:
     h = hashlib.blake2b(payload, digest_size=DIGEST_SIZE)
     h.update(status.to_bytes(2, "big"))
     return h.digest()
+
+
+def run_pipeline(store: Store, steps: Any) -> Encoded:
+    """Run each step on its own; return ``[[status, encoded result or error], ...]``.
+
+    Once the replies pass ``PIPELINE_REPLY_BUDGET`` bytes the rest of the steps are not run and the answer is
+    shorter than the request: the client sends those again in a new request (a reply must fit in a frame).
+    """
+    outcome = store.outcome
+    parts = []
+    size = 0
+    for spec, args, _expected in _parse(steps):
+        if size > PIPELINE_REPLY_BUDGET:
+            break
+        status, payload = outcome(spec, args, hook=False)
+        if size + len(payload) > _MAX_PIPELINE_REPLY:  # run, but its reply cannot travel with the others
+            status, payload = error_code(_TOO_LARGE), encode_error(_TOO_LARGE, spec.name)
+        part = (_OK_PAIR if status == STATUS_OK else b"\x92" + encode_value(status)) + payload
+        parts.append(part)
+        size += len(part)
+    return Encoded(encode_array(parts))
 
 
 def run_steps(store: Store, steps: Any, speculate: bool) -> Encoded:

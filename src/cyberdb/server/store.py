@@ -427,9 +427,14 @@ def _db_speculate(store: Store, steps: Any) -> Encoded:
     return run_steps(store, steps, speculate=True)
 
 
+def _db_pipeline(store: Store, steps: Any) -> Encoded:
+    return run_pipeline(store, steps)
+
+
 _HANDLERS: dict[str, Callable[..., Any]] = {
     "db.batch": _db_batch,
     "db.speculate": _db_speculate,
+    "db.pipeline": _db_pipeline,
     "lock.acquire": _lock_acquire,
     "lock.release": _lock_release,
     "lock.extend": _lock_extend,
@@ -473,4 +478,4 @@ for _spec in COMMANDS:
         _PLANS[_spec.op] = (_type, _spec.min_args, _spec.max_args, _HANDLERS[_spec.name], False)
 
 # batch.py builds on this module (Encoded, walk, outcome); imported last so that either import order works
-from .batch import run_steps  # noqa: E402
+from .batch import run_pipeline, run_steps  # noqa: E402
