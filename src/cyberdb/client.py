@@ -384,6 +384,9 @@ class Client:
             return min(self._in_flight, default=self._next_request)
 
     def _end(self, first: int, n: int = 1) -> None:
+        if n == 1:  # one dict.pop is atomic under the GIL (and _ack's min() holds the GIL throughout)
+            self._in_flight.pop(first, None)
+            return
         with self._id_lock:
             in_flight = self._in_flight
             for req_id in range(first, first + n):

@@ -28,7 +28,6 @@ import collections
 import enum
 import os
 import struct
-from typing import Any
 
 from . import crypto
 from .errors import AuthenticationError, ConnectionLostError, EncryptionMismatchError, ProtocolError
@@ -160,24 +159,22 @@ class _Session:
             raise
         return body
 
-    def _seal(self, plain: struct.Struct, framed: struct.Struct, payload: bytes, *header: int) -> bytes:
-        """The frame of one request or reply (the hot path: one struct pack and one concatenation)."""
+    def _seal(self, header: bytes, payload: bytes) -> bytes:
+        """The frame of one message whose header is packed already (sealed when encrypting)."""
         if self.state is not State.READY:
             raise ProtocolError("session is closed")
         cipher = self._cipher
         if cipher is None:
-            return framed.pack(len(payload) + plain.size, *header) + payload
-        sealed = cipher.seal(plain.pack(*header) + payload)
+            return _LEN.pack(len(header) + len(payload)) + header + payload
+        sealed = cipher.seal(header + payload)
         return _LEN.pack(len(sealed)) + sealed
 
-    def _next_message(self, header: struct.Struct) -> tuple[Any, ...] | None:
-        """The next (*header fields, payload) after the handshake, or None if more data is needed."""
+    def _next_message(self, header_size: int) -> bytes | None:
+        """The next message body after the handshake (at least ``header_size`` bytes), or None."""
         body = self._next_body()
-        if body is None:
-            return None
-        if len(body) < header.size:
+        if body is not None and len(body) < header_size:
             raise self._fail(ProtocolError("message shorter than its header"))
-        return (*header.unpack_from(body), body[header.size:])
+        return body
 
     def _fail(self, exc: Exception) -> Exception:
         self.state = State.CLOSED
@@ -224,11 +221,11 @@ class ServerSession(_Session):
             if body is None:
                 return None
             self._handshake(body)
-        message = self._next_message(_REQUEST)
-        if message is None:
+        body = self._next_message(_REQUEST.size)
+        if body is None:
             return None
-        req_id, ack, op, payload = message
-        return req_id, op, payload, ack
+        req_id, ack, op = _REQUEST.unpack_from(body)
+        return req_id, op, body[_REQUEST.size:], ack
 
     def _handshake(self, body: bytes) -> None:
         if self.state is State.HELLO:
@@ -259,7 +256,9 @@ class ServerSession(_Session):
 
     def reply(self, req_id: int, status: int, payload: bytes) -> bytes:
         """Build the frame answering ``req_id``."""
-        return self._seal(_REPLY, _FRAMED_REPLY, payload, req_id, status)
+        if self._cipher is None and self.state is State.READY:  # the hot path: one pack, one concatenation
+            return _FRAMED_REPLY.pack(len(payload) + _REPLY.size, req_id, status) + payload
+        return self._seal(_REPLY.pack(req_id, status), payload)
 
 
 def reject_frame(reason: str) -> bytes:
@@ -341,14 +340,19 @@ class ClientSession(_Session):
         """Append received bytes; ``b""`` means the server closed the connection."""
         if not data:
             self._eof = True
-            return
-        super().feed(data)
+        elif self.state is State.CLOSED:
+            raise ProtocolError("session is closed")
+        else:
+            self.decoder.feed(data)
 
     def request(self, req_id: int, op: int, payload: bytes, ack: int = 0) -> bytes:
         """Build the frame of one request and expect its reply (replies come in request order)."""
         if self.state is not State.READY:
             raise ProtocolError("the handshake has not completed")
-        frame = self._seal(_REQUEST, _FRAMED_REQUEST, payload, req_id, ack, op)
+        if self._cipher is None:  # the hot path: one pack, one concatenation
+            frame = _FRAMED_REQUEST.pack(len(payload) + _REQUEST.size, req_id, ack, op) + payload
+        else:
+            frame = self._seal(_REQUEST.pack(req_id, ack, op), payload)
         self._expected.append(req_id)
         return frame
 
@@ -364,15 +368,16 @@ class ClientSession(_Session):
             ConnectionLostError: the server closed the connection while replies were awaited.
             ProtocolError: a reply to no request, or to another request than the oldest one waiting.
         """
-        message = self._next_message(_REPLY)
-        if message is None:
+        body = self._next_message(_REPLY.size)
+        if body is None:
             if self._eof:
                 self.state = State.CLOSED
                 raise ConnectionLostError("the server closed the connection")
             return None
-        req_id, status, payload = message
-        if not self._expected or self._expected[0] != req_id:
-            wanted = self._expected[0] if self._expected else None
-            raise self._fail(ProtocolError(f"reply to request {req_id} while waiting for {wanted}"))
-        self._expected.popleft()
-        return req_id, status, payload
+        req_id, status = _REPLY.unpack_from(body)
+        expected = self._expected
+        if not expected or expected[0] != req_id:
+            raise self._fail(ProtocolError(
+                f"reply to request {req_id} while waiting for {expected[0] if expected else None}"))
+        expected.popleft()
+        return req_id, status, body[_REPLY.size:]

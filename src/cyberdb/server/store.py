@@ -100,7 +100,9 @@ class Store:
         ``hook=False`` runs a batch step: the write hook hears of the whole batch instead.
         """
         try:
-            result = self.execute(spec, args) if hook else self.apply(spec, args)
+            result = self.apply(spec, args)
+            if hook and not spec.readonly and self.on_write is not None:
+                self.on_write(spec, args)
             body = result if type(result) is Encoded else encode_value(result)
             if len(body) > _MAX_REPLY_PAYLOAD:
                 raise ValueError(f"the reply of {len(body)} bytes exceeds the frame limit")
