@@ -340,6 +340,15 @@ def test_pipeline_refuses_what_needs_a_reply(proxy: cyberdb.Proxy, name: str) ->
                 needs_reply()
 
 
+def test_a_pending_has_no_truth_value(proxy: cyberdb.Proxy, name: str) -> None:
+    proxy.create_cyberdict(name, {"k": 0})
+    with proxy.pipeline() as pipe:
+        got = pipe.get_cyberdict(name).get("k")
+        with pytest.raises(TypeError):
+            bool(got)  # `if pending:` would always be true: refuse it
+    assert got.result() == 0
+
+
 def test_large_pipeline_in_one_go(proxy: cyberdb.Proxy, name: str) -> None:
     d = proxy.create_cyberdict(name)
     value = "v" * 1000

@@ -56,6 +56,9 @@ class Pending:
         state = "PENDING" if not self.done() else "FAILED" if self._error is not None else "DONE"
         return f"<Pending {self.spec.name} {state}>"
 
+    def __bool__(self) -> bool:
+        raise TypeError("a Pending has no truth value: use pending.result() once its pipeline has run")
+
     def done(self) -> bool:
         """True once the pipeline has run (the call succeeded or failed)."""
         return self._value is not _UNSET or self._error is not None
@@ -131,6 +134,11 @@ class Pipeline:
         pending = Pending(spec, shape)
         self._queue.append((spec, args, head + encode_value(args), pending))
         return pending
+
+    def call_now(self, spec: CommandSpec, args: list[Any], shape: Any = SPEC_REPLY) -> Any:
+        """Refused: ``len()``, ``in``, comparisons and ``repr`` need their reply now."""
+        raise TypeError(f"{spec.name} needs the server's reply at once, so it cannot be queued in a pipeline: "
+                        "queue todict()/tolist() (or the call itself) and use the result instead")
 
     def run(self, steps: Steps[T]) -> T:
         """Refused: an operation that needs a reply before its next request cannot be queued."""

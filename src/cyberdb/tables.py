@@ -16,7 +16,9 @@ Operations of several requests (``sort(key=...)``, chunked iteration, comparison
 written once as generators that yield requests ``(spec, args)`` and receive their shaped replies; an
 executor's ``run(steps)`` drives one to its return value and ``stream(steps)`` yields every reply as it
 comes (a pipeline refuses both: it has no reply until it runs).  An asyncio executor drives the same
-generators.  Any object with ``call``, ``run`` and ``stream`` is an executor (see :class:`Executor`).
+generators.  What needs its reply at once in a single request (``len()``, ``in``, comparisons, ``repr``) uses
+``call_now``, which a pipeline refuses too.  Any object with ``call``, ``call_now``, ``run`` and ``stream`` is
+an executor (see :class:`Executor`).
 
 A table belongs to the executor that made it: after ``proxy.close()`` it raises
 :class:`~cyberdb.errors.DisconnectedError`, after ``proxy.connect()`` it works again.  Copies and views
@@ -53,6 +55,9 @@ class Executor(Protocol):
 
     def call(self, spec: CommandSpec, args: list[Any], shape: Any = SPEC_REPLY) -> Any:
         """Run (or queue) one request ``args = [table, *arguments]``; return its shaped reply (or a handle)."""
+
+    def call_now(self, spec: CommandSpec, args: list[Any], shape: Any = SPEC_REPLY) -> Any:
+        """Like ``call``, for a reply needed at once (``len()``, ``in``, ``repr``): a pipeline refuses it."""
 
     def run(self, steps: Steps[T]) -> T:
         """Drive a multi-step operation to its return value."""
@@ -92,6 +97,10 @@ class SyncExecutor:
         """Run one request now and return its shaped reply."""
         raise NotImplementedError
 
+    def call_now(self, spec: CommandSpec, args: list[Any], shape: Any = SPEC_REPLY) -> Any:
+        """The same as ``call`` (whose reply is always there at once)."""
+        return self.call(spec, args, shape)
+
     def run(self, steps: Steps[T]) -> T:
         """Drive a multi-step operation, each request run at once."""
         return drive(self.call, steps)
@@ -99,10 +108,6 @@ class SyncExecutor:
     def stream(self, steps: Steps[Any]) -> Iterator[Any]:
         """Drive a multi-step operation, yielding each reply."""
         return stream(self.call, steps)
-
-
-def _one(step: Step) -> Steps[Any]:
-    return (yield step)
 
 
 def _keys_view(keys: list[Any]) -> KeysView[Any]:
@@ -138,8 +143,8 @@ class _Table:
         return spec, [self._name, *args]
 
     def _now(self, spec: CommandSpec, *args: Any) -> Any:
-        """A reply needed at once (to compare, print or iterate): a pipeline refuses it."""
-        return self._x.run(_one(self._step(spec, *args)))
+        """A reply needed at once (to compare, print, iterate, for ``len()`` or ``in``): a pipeline refuses it."""
+        return self._x.call_now(*self._step(spec, *args))
 
     def _ref_path(self, first: Any, more: tuple[Any, ...]) -> CyberRef:
         return CyberRef(self._x, self._name, (first, *more))
@@ -154,17 +159,17 @@ class CyberDict(_Table, MutableMapping[Any, Any]):
     def __getitem__(self, key: Any) -> Any:
         return self._run(C["dict.getitem"], key)
 
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self._run(C["dict.setitem"], key, value)
+    def __setitem__(self, key: Any, value: Any) -> Any:
+        return self._run(C["dict.setitem"], key, value)
 
-    def __delitem__(self, key: Any) -> None:
-        self._run(C["dict.delitem"], key)
+    def __delitem__(self, key: Any) -> Any:
+        return self._run(C["dict.delitem"], key)
 
     def __contains__(self, key: object) -> bool:
-        return self._run(C["dict.contains"], key)  # type: ignore[no-any-return]
+        return self._now(C["dict.contains"], key)  # type: ignore[no-any-return]
 
     def __len__(self) -> int:
-        return self._run(C["dict.len"])  # type: ignore[no-any-return]
+        return self._now(C["dict.len"])  # type: ignore[no-any-return]
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self._now(C["dict.keys"]))  # a snapshot: unlike a dict, changing it while iterating is fine
@@ -218,15 +223,15 @@ class CyberDict(_Table, MutableMapping[Any, Any]):
         """Remove and return the last inserted ``(key, value)``; ``KeyError`` if empty."""
         return self._run(C["dict.popitem"])  # type: ignore[no-any-return]
 
-    def clear(self) -> None:
+    def clear(self) -> Any:
         """Remove all items."""
-        self._run(C["dict.clear"])
+        return self._run(C["dict.clear"])
 
-    def update(self, other: Any = (), /, **kwargs: Any) -> None:
+    def update(self, other: Any = (), /, **kwargs: Any) -> Any:
         """``d.update(mapping_or_pairs, **kwargs)`` as one atomic command (all applied, or none)."""
         items: dict[Any, Any] = {}
         items.update(_plain(other), **kwargs)  # dict's own argument handling and errors, before anything is sent
-        self._run(C["dict.update"], items)
+        return self._run(C["dict.update"], items)
 
     def keys(self) -> KeysView[Any]:
         """A snapshot of the keys (a real ``dict_keys``: supports ``in``, ``len`` and set operations)."""
@@ -314,23 +319,21 @@ class CyberList(_Table, MutableSequence[Any]):
             return self._run(C["list.getslice"], *_slice_args(index))
         return self._run(C["list.getitem"], _index(index, _ITEM))
 
-    def __setitem__(self, index: Any, value: Any) -> None:
+    def __setitem__(self, index: Any, value: Any) -> Any:
         if isinstance(index, slice):
-            self._run(C["list.setslice"], *_setslice_args(index, value))
-        else:
-            self._run(C["list.setitem"], _index(index, _ITEM), value)
+            return self._run(C["list.setslice"], *_setslice_args(index, value))
+        return self._run(C["list.setitem"], _index(index, _ITEM), value)
 
-    def __delitem__(self, index: Any) -> None:
+    def __delitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
-            self._run(C["list.delslice"], *_slice_args(index))
-        else:
-            self._run(C["list.delitem"], _index(index, _ITEM))
+            return self._run(C["list.delslice"], *_slice_args(index))
+        return self._run(C["list.delitem"], _index(index, _ITEM))
 
     def __len__(self) -> int:
-        return self._run(C["list.len"])  # type: ignore[no-any-return]
+        return self._now(C["list.len"])  # type: ignore[no-any-return]
 
     def __contains__(self, value: object) -> bool:
-        return self._run(C["list.contains"], value)  # type: ignore[no-any-return]
+        return self._now(C["list.contains"], value)  # type: ignore[no-any-return]
 
     def __iter__(self) -> Iterator[Any]:
         # by index, in chunks, like list iteration: bounded memory, one round trip per ITER_CHUNK items
@@ -408,25 +411,25 @@ class CyberList(_Table, MutableSequence[Any]):
     def __repr__(self) -> str:
         return repr(self._now(C["list.tolist"]))
 
-    def append(self, value: Any) -> None:
+    def append(self, value: Any) -> Any:
         """Append one item."""
-        self._run(C["list.append"], value)
+        return self._run(C["list.append"], value)
 
-    def extend(self, values: Iterable[Any]) -> None:
+    def extend(self, values: Iterable[Any]) -> Any:
         """Append all items of an iterable, atomically."""
-        self._run(C["list.extend"], list(_plain(values)))
+        return self._run(C["list.extend"], list(_plain(values)))
 
-    def insert(self, index: int, value: Any) -> None:
+    def insert(self, index: int, value: Any) -> Any:
         """Insert ``value`` before ``index``."""
-        self._run(C["list.insert"], _index(index), value)
+        return self._run(C["list.insert"], _index(index), value)
 
     def pop(self, index: int = -1) -> Any:
         """Remove and return the item at ``index`` (default last); ``IndexError`` if out of range."""
         return self._run(C["list.pop"], _index(index))
 
-    def remove(self, value: Any) -> None:
+    def remove(self, value: Any) -> Any:
         """Remove the first occurrence of ``value``; ``ValueError`` if absent."""
-        self._run(C["list.remove"], value)
+        return self._run(C["list.remove"], value)
 
     def count(self, value: Any) -> int:
         """Number of occurrences of ``value``."""
@@ -438,13 +441,13 @@ class CyberList(_Table, MutableSequence[Any]):
             return self._run(C["list.index"], value, _index(start, _BOUND))  # type: ignore[no-any-return]
         return self._run(C["list.index"], value, _index(start, _BOUND), _index(stop, _BOUND))  # type: ignore[no-any-return]
 
-    def reverse(self) -> None:
+    def reverse(self) -> Any:
         """Reverse in place."""
-        self._run(C["list.reverse"])
+        return self._run(C["list.reverse"])
 
-    def clear(self) -> None:
+    def clear(self) -> Any:
         """Remove all items."""
-        self._run(C["list.clear"])
+        return self._run(C["list.clear"])
 
     def copy(self) -> list[Any]:
         """A plain ``list`` copy (same as ``tolist()``)."""
@@ -458,7 +461,7 @@ class CyberList(_Table, MutableSequence[Any]):
         """Add ``amount`` to the number at ``index`` atomically and return the new value (see ``CyberDict.incr``)."""
         return self._run(C["list.incr"], _index(index, _ITEM), amount)
 
-    def sort(self, *, key: Callable[[Any], Any] | None = None, reverse: bool = False) -> None:
+    def sort(self, *, key: Callable[[Any], Any] | None = None, reverse: bool = False) -> Any:
         """Sort in place, like ``list.sort``.
 
         Without ``key`` the server sorts.  With ``key`` the function never leaves this process: the list is
@@ -469,9 +472,8 @@ class CyberList(_Table, MutableSequence[Any]):
             ConcurrentModificationError: the list kept changing under us.
         """
         if key is None:
-            self._run(C["list.sort"], bool(reverse))
-        else:
-            self._x.run(self._sort_steps(key, bool(reverse)))
+            return self._run(C["list.sort"], bool(reverse))
+        return self._x.run(self._sort_steps(key, bool(reverse)))
 
     def _sort_steps(self, key: Callable[[Any], Any], reverse: bool) -> Steps[None]:
         for _ in range(SORT_ATTEMPTS):
@@ -532,17 +534,17 @@ class CyberRef(_Table):
             return self._run(C["list.getslice"], *_slice_args(key))
         return self._run(C["dict.getitem"], key)
 
-    def __setitem__(self, key: Any, value: Any) -> None:
+    def __setitem__(self, key: Any, value: Any) -> Any:
         if isinstance(key, slice):
-            self._run(C["list.setslice"], *_setslice_args(key, value))
+            return self._run(C["list.setslice"], *_setslice_args(key, value))
         else:
-            self._run(C["dict.setitem"], key, value)
+            return self._run(C["dict.setitem"], key, value)
 
-    def __delitem__(self, key: Any) -> None:
+    def __delitem__(self, key: Any) -> Any:
         if isinstance(key, slice):
-            self._run(C["list.delslice"], *_slice_args(key))
+            return self._run(C["list.delslice"], *_slice_args(key))
         else:
-            self._run(C["dict.delitem"], key)
+            return self._run(C["dict.delitem"], key)
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self._now(C["dict.copy"]))

@@ -175,7 +175,7 @@ class Journal:
 
     def _save_entry(self, table: dict[Any, Any] | list[Any], key: Any) -> None:
         try:
-            value = table[key] if type(table) is dict or type(key) is int else None
+            value = table[key] if type(table) is dict or type(key) in (int, bool) else None
         except (KeyError, IndexError, TypeError):
             return  # the path does not exist: the command fails without a change
         if type(value) is dict or type(value) is list:

@@ -191,7 +191,7 @@ def walk(value: Any, path: Any) -> Any:
         raise TypeError(f"a path is a list of at most {MAX_PATH} keys and indexes")
     for key in path:
         kind = type(value)
-        if kind is list and type(key) is not int:
+        if kind is list and type(key) is not int and type(key) is not bool:  # l[True] is l[1], as in Python
             raise TypeError(f"list indices must be integers or slices, not {type(key).__name__}")
         if kind is not dict and kind is not list:
             raise TypeError(f"'{kind.__name__}' object is not subscriptable")
@@ -299,7 +299,7 @@ def _incr(store: Store, container: Any, name: str, key: Any, amount: Any) -> Any
         raise TypeError(f"incr() adds an int, float or Decimal, not {type(amount).__name__}")
     if type(container) is dict:
         current = container.get(key, 0)  # a missing key counts as 0
-    elif type(key) is not int:
+    elif type(key) is not int and type(key) is not bool:
         raise TypeError(f"list indices must be integers or slices, not {type(key).__name__}")
     else:
         current = container[key]
