@@ -375,9 +375,10 @@ class ClientSession(_Session):
                 raise ConnectionLostError("the server closed the connection")
             return None
         req_id, status = _REPLY.unpack_from(body)
-        expected = self._expected
-        if not expected or expected[0] != req_id:
-            raise self._fail(ProtocolError(
-                f"reply to request {req_id} while waiting for {expected[0] if expected else None}"))
-        expected.popleft()
+        try:
+            wanted = self._expected.popleft()
+        except IndexError:
+            wanted = None
+        if wanted != req_id:
+            raise self._fail(ProtocolError(f"reply to request {req_id} while waiting for {wanted}"))
         return req_id, status, body[_REPLY.size:]
