@@ -20,47 +20,62 @@ from ..errors import ERROR_CODES, ConnectionLostError
 from ..protocol import ANONYMOUS
 from .store import encode_error
 
-__all__ = ["ClientRecord", "ReplyCache"]
+__all__ = ["PRUNE_AT", "ClientRecord", "ReplyCache", "stale"]
 
 Reply = tuple[int, bytes]  # status, payload
+PRUNE_AT = 64  # replies kept per client before acknowledged ones are dropped
 _LOST = next(code for code, cls in ERROR_CODES.items() if cls is ConnectionLostError)
 
 
 class ClientRecord:
-    """One client's cached replies and acknowledged mark."""
+    """One client's cached replies and acknowledged mark.
+
+    The hot path (``net.py``) reads ``replies`` and ``ack`` directly and calls ``prune`` only once more than
+    ``PRUNE_AT`` replies are kept: acknowledged replies are dropped in batches, not one per request.
+    """
 
     __slots__ = ("ack", "floor", "replies")
 
     def __init__(self) -> None:
         self.ack = 0  # every request below this is finished on the client
         self.floor = 0  # replies up to this id may have been dropped for space
-        self.replies: OrderedDict[int, Reply] = OrderedDict()
+        self.replies: dict[int, Reply] = {}
 
     def __repr__(self) -> str:
         return f"<ClientRecord ack={self.ack} cached={len(self.replies)}>"
 
     def lookup(self, req_id: int, ack: int) -> Reply | None:
         """The reply to answer a write with instead of running it, or None to run it."""
-        replies = self.replies
         if ack > self.ack:
             self.ack = ack
-            while replies and next(iter(replies)) < ack:
-                replies.popitem(last=False)
-        cached = replies.get(req_id)
+        cached = self.replies.get(req_id)
         if cached is not None:
             return cached
         if req_id < self.ack or req_id <= self.floor:
-            return _LOST, encode_error(ConnectionLostError(
-                f"request {req_id} was re-sent after its reply was dropped: its outcome is unknown"), "")
+            return stale(req_id)
         return None
 
     def remember(self, req_id: int, reply: Reply, limit: int) -> None:
         """Keep the reply to a write until the client acknowledges it."""
         replies = self.replies
         replies[req_id] = reply
-        while len(replies) > limit:
-            dropped, _ = replies.popitem(last=False)
-            self.floor = max(self.floor, dropped)
+        if len(replies) > PRUNE_AT:
+            self.prune(limit)
+
+    def prune(self, limit: int) -> None:
+        """Drop acknowledged replies, then the oldest ones beyond ``limit``."""
+        ack = self.ack
+        replies = self.replies = {k: v for k, v in self.replies.items() if k >= ack}
+        if len(replies) > limit:
+            for dropped in sorted(replies)[:len(replies) - limit]:
+                del replies[dropped]
+                self.floor = max(self.floor, dropped)
+
+
+def stale(req_id: int) -> Reply:
+    """The answer to a re-sent write whose reply is gone: its outcome is unknown, and it is not run again."""
+    return _LOST, encode_error(ConnectionLostError(
+        f"request {req_id} was re-sent after its reply was dropped: its outcome is unknown"), "")
 
 
 class ReplyCache:

@@ -19,7 +19,7 @@ from .. import protocol
 from ..codec import decode_value
 from ..commands import BY_ID
 from ..errors import AuthenticationError, ProtocolError
-from .dedup import ClientRecord, ReplyCache
+from .dedup import PRUNE_AT, ClientRecord, ReplyCache, stale
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -224,10 +224,17 @@ class ServerConnection(asyncio.Protocol):
         client = self._client
         if client is None or spec.readonly:  # a read simply runs again when re-sent
             return session.reply(req_id, *self._store.outcome(spec, args))
-        reply = client.lookup(req_id, ack)
+        # ClientRecord.lookup/remember, inlined: this runs for every write
+        if ack > client.ack:
+            client.ack = ack
+        replies = client.replies
+        reply = replies.get(req_id)
         if reply is None:
-            reply = self._store.outcome(spec, args)
-            client.remember(req_id, reply, self._ctx.replies.max_per_client)
+            if req_id < client.ack or req_id <= client.floor:
+                return session.reply(req_id, *stale(req_id))
+            reply = replies[req_id] = self._store.outcome(spec, args)
+            if len(replies) > PRUNE_AT:
+                client.prune(self._ctx.replies.max_per_client)
         elif self._log:
             logger.debug("%s request %d answered from the reply cache", self._peer, req_id)
         return session.reply(req_id, *reply)
