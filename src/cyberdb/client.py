@@ -1,4 +1,4 @@
-"""The synchronous client: Connection, ConnectionPool, Client, Proxy and ``connect()``.
+"""The synchronous client: Client, Proxy and ``connect()`` (its transport is :mod:`cyberdb.connection`).
 
 A :class:`Proxy` is the immediate executor of the table layer (see :mod:`cyberdb.tables`): each call is sent
 at once.  Every request gets a number from its :class:`Client` (which has a random 16-byte id per process),
@@ -6,17 +6,14 @@ so a request re-sent on a new connection after a lost reply keeps its number and
 its reply cache instead of running it twice; that is why *every* command, read or write, is retried across a
 reconnect, and ``ConnectionLostError`` means the retry budget is spent.
 
-Plain blocking sockets, looked up through the ``socket`` module at call time so that gevent's monkey-patching
-(which Gunicorn's gevent worker applies after fork) makes them cooperative.  The pool is safe to share between
-threads and greenlets and across ``fork()``: a child never uses its parent's sockets (it closes its copies,
-never ``shutdown()``s them, which would cut the parent's) and builds its own lock.
+A client is safe to share between threads and greenlets and across ``fork()``: a forked child gets its own
+client id, request numbers and lock, and its pool never touches the parent's sockets.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 import threading
 import time
@@ -25,21 +22,19 @@ from types import TracebackType
 from typing import Any, TextIO, TypeVar
 
 from . import protocol
-from .codec import decode_value, encode_value
+from .codec import encode_value
 from .commands import BY_NAME, CommandSpec
+from .connection import HAVE_FORK_HOOK as _HAVE_FORK_HOOK
+from .connection import Connection, ConnectionPool, Raw
+from .connection import forks as _forks
 from .errors import (
-    ConnectionError,
     ConnectionLostError,
     CyberDBError,
     DisconnectedError,
     PoolTimeoutError,
-    ProtocolError,
     TableNotFoundError,
     TimeoutError,
     WrongTableTypeError,
-    error_from_code,
-    map_errors,
-    os_error,
 )
 from .lock import Lock
 from .pipeline import Pipeline
@@ -50,275 +45,10 @@ from .transaction import Transaction, transact
 __all__ = ["Client", "Connection", "ConnectionPool", "Proxy", "connect"]
 
 logger = logging.getLogger(__name__)
-# Bumped in a child after fork(): comparing an int per call is cheaper than os.getpid() (a system call).
-_forks = [0]
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
-_HAVE_FORK_HOOK = hasattr(os, "register_at_fork")
-_RECV_SIZE = 1 << 16
-_PIPELINE_CHUNK = 512 << 10  # request bytes written before reading their replies (the server stops reading a
-# peer that does not read its replies, so one huge write could wait forever on a huge pipeline)
 T = TypeVar("T")
-Raw = tuple[int, bytes]  # status, payload of one reply
 _CLOSED = "this proxy is closed: call proxy.connect() before using it or its tables"
 _DB_PING, _DB_CREATE, _DB_CHECK, _DB_TABLES, _DB_DELETE, _DB_BATCH = (
     BY_NAME[n] for n in ("db.ping", "db.create", "db.check", "db.tables", "db.delete", "db.batch"))
-
-
-class Connection:
-    """One authenticated TCP connection to a server; not thread-safe (the pool hands it to one user at a time)."""
-
-    def __init__(self, host: str, port: int, password: str | None, encrypt: bool,
-                 connect_timeout: float | None = 10.0, socket_timeout: float | None = None,
-                 client_id: bytes = protocol.ANONYMOUS) -> None:
-        """Connect and complete the handshake (``client_id`` names the client to the server's reply cache).
-
-        Raises:
-            AuthenticationError: wrong password.
-            EncryptionMismatchError: ``encrypt`` differs from the server's.
-            ConnectionError: the server cannot be reached or refused the connection.
-        """
-        self.host, self.port = host, port
-        self.pid = os.getpid()
-        self.forks = _forks[0]
-        self.broken = False
-        self.requests = 0
-        self._session = protocol.ClientSession(password, encrypt, client_id=client_id)
-        try:
-            sock = socket.create_connection((host, port), timeout=connect_timeout)
-        except OSError as exc:
-            raise ConnectionError(f"cannot connect to CyberDB at {host}:{port}: {exc}") from exc
-        self.sock = sock
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._handshake()
-            sock.settimeout(socket_timeout)
-        except BaseException:
-            sock.close()
-            raise
-        self.last_used = time.monotonic()
-
-    def __repr__(self) -> str:
-        state = "BROKEN" if self.broken else "OPEN"
-        return f"<Connection {self.host}:{self.port} {state} requests={self.requests}>"
-
-    def _handshake(self) -> None:
-        session, sock = self._session, self.sock
-        with map_errors("handshake"):
-            sock.sendall(session.start())
-            while not session.ready:
-                data = sock.recv(_RECV_SIZE)
-                if not data:
-                    raise ConnectionError(f"{self.host}:{self.port} closed the connection during the handshake "
-                                          "(is it a CyberDB server?)")
-                session.feed(data)
-                out = session.handshake()
-                if out:
-                    sock.sendall(out)
-
-    def call(self, op: int, payload: bytes, req_id: int, ack: int) -> Any:
-        """Send one request and return its decoded result (one round trip).
-
-        Raises:
-            ConnectionLostError, TimeoutError: the connection broke (it is marked broken).
-            KeyError, IndexError, ValueError, TypeError, ...: the error the command raised on the server.
-        """
-        if self.broken:
-            raise ConnectionLostError("this connection is broken")
-        session, sock = self._session, self.sock
-        try:  # (no context manager here: this is the hot path, and one costs a microsecond)
-            sock.sendall(session.request(req_id, op, payload, ack))
-            reply = None
-            while reply is None:  # nothing is buffered between calls (checked below), so read first
-                session.feed(sock.recv(_RECV_SIZE))
-                reply = session.next_reply()
-        except BaseException as exc:  # incl. gevent.Timeout / KeyboardInterrupt: the stream position is unknown
-            self._fail(exc)
-            raise
-        self.requests += 1
-        if session.decoder.pending():
-            self.broken = True
-            raise ProtocolError("unexpected data after a reply")
-        status, body = reply[1], reply[2]
-        if status == protocol.STATUS_OK:
-            return decode_value(body)
-        raise reply_error(status, body)
-
-    def call_many(self, requests: list[tuple[int, int, bytes]], ack: int, out: list[Raw]) -> None:
-        """Send requests ``(req_id, op, payload)`` in few writes and append each ``(status, payload)`` to ``out``.
-
-        Replies that arrived stay in ``out`` when the connection breaks, so the caller re-sends only the rest.
-
-        Raises:
-            ConnectionLostError, TimeoutError: the connection broke (it is marked broken).
-        """
-        if self.broken:
-            raise ConnectionLostError("this connection is broken")
-        session, sock = self._session, self.sock
-        try:
-            i = 0
-            while i < len(requests):
-                frames, size = [], 0
-                while i < len(requests) and size < _PIPELINE_CHUNK:
-                    req_id, op, payload = requests[i]
-                    frames.append(session.request(req_id, op, payload, ack))
-                    size += len(frames[-1])
-                    i += 1
-                sock.sendall(b"".join(frames))
-                while session.awaiting:
-                    reply = session.next_reply()
-                    if reply is None:
-                        session.feed(sock.recv(_RECV_SIZE))
-                    else:
-                        out.append((reply[1], reply[2]))
-                        self.requests += 1
-        except BaseException as exc:
-            self._fail(exc)
-            raise
-
-    def _fail(self, exc: BaseException) -> None:
-        self.broken = True
-        if isinstance(exc, OSError) and not isinstance(exc, CyberDBError):
-            raise os_error(exc) from exc
-
-    def is_stale(self) -> bool:
-        """True if the server closed this idle connection (or sent something unexpected)."""
-        sock = self.sock
-        try:
-            # the stdlib class (gevent's patched class lives in a gevent module and would wait on MSG_DONTWAIT)
-            if type(sock).__module__ == "socket" and hasattr(socket, "MSG_DONTWAIT"):
-                sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            else:  # e.g. a gevent socket: with timeout 0.0 its recv raises instead of waiting
-                timeout = sock.gettimeout()
-                sock.settimeout(0.0)
-                try:
-                    sock.recv(1, socket.MSG_PEEK)
-                finally:
-                    sock.settimeout(timeout)
-        except (BlockingIOError, InterruptedError):
-            return False  # nothing to read: alive and idle
-        except OSError:
-            return True
-        return True  # b"" (closed) or unsolicited bytes: either way not usable
-
-    def close(self) -> None:
-        """Close the socket (never ``shutdown()``: a forked sibling may share it)."""
-        self.broken = True
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-
-class ConnectionPool:
-    """Idle connections for reuse; safe across threads, greenlets and ``fork()``."""
-
-    def __init__(self, factory: Callable[[], Connection], max_idle_time: float | None = None,
-                 max_connections: int | None = None, wait_timeout: float | None = 10.0) -> None:
-        """Create an empty pool.
-
-        Args:
-            factory: makes a new connection.
-            max_idle_time: discard a pooled connection idle longer than this (None = keep).
-            max_connections: connections open at once, in use or idle (None = unlimited); a full pool waits.
-            wait_timeout: how long a full pool waits before ``PoolTimeoutError``.
-        """
-        self._factory = factory
-        self.max_idle_time = max_idle_time
-        self.max_connections = max_connections
-        self.wait_timeout = wait_timeout
-        self._reset_state()
-
-    def _reset_state(self) -> None:
-        # the pid is set last: another thread seeing the new pid must also see the new lock and lists
-        self._lock = threading.Lock()
-        self._available = threading.Condition(self._lock)
-        self._idle: list[Connection] = []
-        self._open = 0
-        self._pid = os.getpid()
-
-    def __repr__(self) -> str:
-        return f"<ConnectionPool open={self._open} idle={len(self._idle)}>"
-
-    def _check_fork(self) -> None:
-        if self._pid != os.getpid():
-            inherited = self._idle
-            self._reset_state()
-            for conn in inherited:  # the parent's sockets: close our copies of the fds, nothing more
-                conn.close()
-
-    def get(self) -> Connection:
-        """Check out a live connection (reusing an idle one, else opening a new one).
-
-        Raises:
-            PoolTimeoutError: the pool is full and nothing was released in time.
-            ConnectionError: a new connection could not be made.
-        """
-        self._check_fork()
-        while True:
-            with self._lock:
-                conn = self._take_or_reserve()
-            if conn is None:  # a slot is reserved for a new connection
-                try:
-                    return self._factory()
-                except BaseException:
-                    self._forget()
-                    raise
-            if self._usable(conn):
-                return conn
-            conn.close()
-            self._forget()
-
-    def _take_or_reserve(self) -> Connection | None:
-        """Under the lock: pop an idle connection, or count a new one (None), waiting while the pool is full."""
-        limit = self.max_connections
-        deadline = None if self.wait_timeout is None else time.monotonic() + self.wait_timeout
-        while not self._idle and limit is not None and self._open >= limit:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise PoolTimeoutError(f"all {limit} connections are in use")
-            self._available.wait(remaining)
-        if self._idle:
-            return self._idle.pop()
-        self._open += 1
-        return None
-
-    def _usable(self, conn: Connection) -> bool:
-        if conn.broken or conn.pid != os.getpid():
-            return False
-        if self.max_idle_time is not None and time.monotonic() - conn.last_used > self.max_idle_time:
-            return False
-        return not conn.is_stale()
-
-    def _forget(self) -> None:
-        with self._lock:
-            self._open -= 1
-            self._available.notify()
-
-    def release(self, conn: Connection) -> None:
-        """Return a connection; a broken one (or one from before a fork) is closed instead."""
-        if conn.pid != os.getpid():
-            conn.close()
-            return
-        self._check_fork()
-        if conn.broken:
-            conn.close()
-            self._forget()
-            return
-        conn.last_used = time.monotonic()
-        with self._lock:
-            self._idle.append(conn)
-            self._available.notify()
-
-    def reset(self) -> None:
-        """Close every idle connection (e.g. in a Gunicorn ``post_fork`` hook, or after a server restart)."""
-        self._check_fork()
-        with self._lock:
-            idle, self._idle = self._idle, []
-            self._open -= len(idle)
-            self._available.notify_all()
-        for conn in idle:
-            conn.close()
 
 
 class Client:
@@ -655,12 +385,6 @@ class Proxy(SyncExecutor):
         if type(table_name) is str:
             self._client.known_tables.pop(table_name, None)
         self.call(_DB_DELETE, [table_name])
-
-
-def reply_error(status: int, payload: bytes) -> BaseException:
-    """The exception an error reply stands for (``KeyError('x')``, ``TableNotFoundError(...)``, ...)."""
-    args = decode_value(payload)
-    return error_from_code(status, tuple(args) if type(args) is list else (str(args),))
 
 
 def _as_dict(content: Any) -> dict[Any, Any]:
