@@ -12,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from decimal import Decimal
 from typing import Any
 
@@ -185,7 +184,8 @@ def test_a_killed_holders_lock_frees_within_its_ttl(server: ServerProcess, proxy
                                                     workers: list[subprocess.Popen[str]]) -> None:
     import json
 
-    holder = start_worker(server, "hold", name, 2)
+    ttl = 3
+    holder = start_worker(server, "hold", name, ttl)
     workers.append(holder)
     assert holder.stdout is not None
     held_token = json.loads(holder.stdout.readline())["token"]
@@ -193,9 +193,8 @@ def test_a_killed_holders_lock_frees_within_its_ttl(server: ServerProcess, proxy
     assert not lock.acquire(blocking=False)  # really held by the other process
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait(10)
-    killed = time.monotonic()
-    lock.acquire(timeout=2 + 1 + 5)  # ttl + 1 s, plus slack for a loaded machine (the bound is checked below)
-    assert time.monotonic() - killed <= 2 + 1 + 5
+    assert not lock.acquire(blocking=False)  # a dead holder's lease runs on until its ttl ends
+    lock.acquire(timeout=ttl + 1)  # free within ttl + 1 s of the kill, or LockTimeoutError
     assert lock.token is not None and lock.token > held_token
     lock.release()
 
