@@ -490,7 +490,7 @@ def cmd_test(pytest_args: Sequence[str]) -> int:
     python = ensure_venv()
     steps = [
         ("ruff", ["ruff", "check", "."]),
-        ("mypy", ["mypy", "--strict", "src/cyberdb"]),
+        ("mypy", ["mypy", "--strict", "src/cyberdb", "examples/atomic_updates.py"]),
         ("pytest", ["pytest", *pytest_args]),
     ]
     env = activated_env(python.parent)

@@ -38,7 +38,8 @@ from .errors import ConcurrentModificationError
 if TYPE_CHECKING:
     from collections.abc import ItemsView, KeysView, ValuesView
 
-__all__ = ["SPEC_REPLY", "CyberDict", "CyberList", "CyberRef", "Executor", "Step", "SyncExecutor", "drive", "stream"]
+__all__ = ["SPEC_REPLY", "CyberDict", "CyberList", "CyberRef", "DictOps", "Executor", "ListOps", "Step",
+           "SyncExecutor", "drive", "stream"]
 
 ITER_CHUNK = 1000  # items per round trip when iterating a CyberList
 SORT_ATTEMPTS = 10  # sort(key=...) retries when the list changes between its read and its write-back
@@ -46,6 +47,8 @@ _MISSING: Any = object()
 SPEC_REPLY: Any = object()  # "shape the reply with spec.reply" (the default of Executor.call)
 C = BY_NAME
 T = TypeVar("T")
+_D = TypeVar("_D", bound="DictOps")
+_L = TypeVar("_L", bound="ListOps")
 Step = tuple[CommandSpec, list[Any]]  # one request of a multi-step operation; its reply is shaped by spec.reply
 Steps = Generator[Step, Any, T]
 
@@ -150,11 +153,10 @@ class _Table:
         return CyberRef(self._x, self._name, (first, *more))
 
 
-class CyberDict(_Table, MutableMapping[Any, Any]):
-    """A ``dict`` stored on the server; every method and operator of ``dict`` is one round trip."""
+class DictOps(_Table):
+    """Every ``dict`` method as one request, written once (``CyberDict`` and ``CyberRef`` are made of it)."""
 
     __slots__ = ()
-    __hash__ = None  # type: ignore[assignment]  # mutable, like dict
 
     def __getitem__(self, key: Any) -> Any:
         return self._run(C["dict.getitem"], key)
@@ -198,7 +200,7 @@ class CyberDict(_Table, MutableMapping[Any, Any]):
             return NotImplemented
         return other | self._now(C["dict.todict"])  # type: ignore[no-any-return]
 
-    def __ior__(self, other: Any) -> CyberDict:
+    def __ior__(self: _D, other: Any) -> _D:
         self.update(other)
         return self
 
@@ -303,11 +305,10 @@ def _setslice_args(index: slice, value: Any) -> tuple[Any, ...]:
     return (*bounds, items)
 
 
-class CyberList(_Table, MutableSequence[Any]):
-    """A ``list`` stored on the server; every method and operator of ``list`` is one round trip."""
+class ListOps(_Table):
+    """Every ``list`` method as one request, written once (``CyberList`` and ``CyberRef`` are made of it)."""
 
     __slots__ = ()
-    __hash__ = None  # type: ignore[assignment]
 
     @overload
     def __getitem__(self, index: int) -> Any: ...
@@ -395,7 +396,7 @@ class CyberList(_Table, MutableSequence[Any]):
             return NotImplemented
         return other + self._now(C["list.tolist"])  # type: ignore[no-any-return]
 
-    def __iadd__(self, other: Iterable[Any]) -> CyberList:  # type: ignore[misc]
+    def __iadd__(self: _L, other: Iterable[Any]) -> _L:  # type: ignore[misc]  # += extends, + copies
         self.extend(other)
         return self
 
@@ -404,7 +405,7 @@ class CyberList(_Table, MutableSequence[Any]):
 
     __rmul__ = __mul__
 
-    def __imul__(self, n: Any) -> CyberList:
+    def __imul__(self: _L, n: Any) -> _L:
         self._run(C["list.imul"], _repeat_count(n))
         return self
 
@@ -489,7 +490,21 @@ class CyberList(_Table, MutableSequence[Any]):
         return self._ref_path(_index(index, _ITEM), path)
 
 
-class CyberRef(_Table):
+class CyberDict(DictOps, MutableMapping[Any, Any]):
+    """A ``dict`` stored on the server; every method and operator of ``dict`` is one round trip."""
+
+    __slots__ = ()
+    __hash__ = None  # type: ignore[assignment]  # mutable, like dict
+
+
+class CyberList(ListOps, MutableSequence[Any]):
+    """A ``list`` stored on the server; every method and operator of ``list`` is one round trip."""
+
+    __slots__ = ()
+    __hash__ = None  # type: ignore[assignment]
+
+
+class CyberRef(DictOps, ListOps):
     """A handle on a value nested inside a table, at a path of keys and indexes: ``d.ref(key, *path)``.
 
     Every call is one atomic command on the server, run on the value found at the path *then*: a nested
@@ -568,27 +583,13 @@ class CyberRef(_Table):
         """A plain copy of the value at the path, whatever its type."""
         return self._run(C["dict.copy"])
 
-    def incr(self, amount: Any = 1) -> Any:
+    def incr(self, amount: Any = 1) -> Any:  # type: ignore[override]  # see the class docstring
         """Add ``amount`` to the number this handle points at; a missing last key counts as 0."""
         *parent, last = self._path
         return self._x.call(AT_PATH[C["dict.incr"].op], [self._name, parent, last, amount])
 
-    __len__ = CyberDict.__len__
-    __contains__ = CyberDict.__contains__
-    clear = CyberDict.clear
-    # a nested dict's own
-    get, setdefault, popitem, update = CyberDict.get, CyberDict.setdefault, CyberDict.popitem, CyberDict.update
-    keys, values, items, todict = CyberDict.keys, CyberDict.values, CyberDict.items, CyberDict.todict
-    __or__, __ror__, __ior__ = CyberDict.__or__, CyberDict.__ror__, CyberDict.__ior__
-    # a nested list's own
-    append, extend, insert, remove = CyberList.append, CyberList.extend, CyberList.insert, CyberList.remove
-    count, index, reverse, sort, tolist = CyberList.count, CyberList.index, CyberList.reverse, CyberList.sort, \
-        CyberList.tolist
-    _sort_steps, _compare = CyberList._sort_steps, CyberList._compare
-    __lt__, __le__, __gt__, __ge__ = CyberList.__lt__, CyberList.__le__, CyberList.__gt__, CyberList.__ge__
-    __add__, __radd__, __iadd__, __mul__, __rmul__, __imul__ = (
-        CyberList.__add__, CyberList.__radd__, CyberList.__iadd__, CyberList.__mul__, CyberList.__rmul__,
-        CyberList.__imul__)
+    # the rest comes from DictOps (len, in, clear, get, setdefault, popitem, update, keys, values, items, todict,
+    # |, |=) and ListOps (append, extend, insert, remove, count, index, reverse, sort, tolist, <, +, +=, *, *=)
 
 
 def _plain(value: Any) -> Any:
