@@ -350,9 +350,10 @@ class ListOps(_Table):
             start += len(chunk)
 
     def __reversed__(self) -> Iterator[Any]:
-        for chunk in self._x.stream(self._chunks_backward()):
-            if type(chunk) is list:
-                yield from reversed(chunk)
+        replies = self._x.stream(self._chunks_backward())
+        next(replies)  # the first reply is the length
+        for chunk in replies:
+            yield from reversed(chunk)
 
     def _chunks_backward(self) -> Steps[None]:
         stop = yield self._step(C["list.len"])
