@@ -124,17 +124,14 @@ class Store:
         table = self._tables.get(name) if type(name) is str else None
         if type(table) is not kind_type and (table is None or not spec.path):
             self.table(name, str(spec.kind))  # raises the right error
-        if spec.readonly:
-            if spec.path:
-                return self._at_path(spec, table, name, args)
-            return fn(table, *args[1:]) if is_method else fn(self, table, name, *args[1:])
         try:
             if spec.path:
                 return self._at_path(spec, table, name, args)
             return fn(table, *args[1:]) if is_method else fn(self, table, name, *args[1:])
         finally:  # even a failed write may have changed something (a sort that raised)
-            self._clock += 1
-            self._versions[name] = self._clock
+            if not spec.readonly:
+                self._clock += 1
+                self._versions[name] = self._clock
 
     def _at_path(self, spec: CommandSpec, table: Any, name: str, args: list[Any]) -> Any:
         base = BY_ID[spec.op - PATH_BASE]
