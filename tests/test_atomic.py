@@ -120,20 +120,13 @@ def workers(request: pytest.FixtureRequest) -> list[subprocess.Popen[str]]:
 
 # ---- done-when: concurrent processes -----------------------------------------------------------------------------
 
-def test_four_processes_incr_exactly(server: ServerProcess, proxy: cyberdb.Proxy, name: str,
-                                     workers: list[subprocess.Popen[str]]) -> None:
-    d = proxy.create_cyberdict(name, {"n": 0})
-    workers += [start_worker(server, "incr", name, 1000) for _ in range(4)]
+@pytest.mark.parametrize("mode, count", [("incr", 1000), ("transact", 250)])
+def test_four_processes_count_exactly(server: ServerProcess, proxy: cyberdb.Proxy, name: str, mode: str, count: int,
+                                      workers: list[subprocess.Popen[str]]) -> None:
+    d = proxy.create_cyberdict(name, {"n": 0})  # incr: d.incr("n"); transact: a read-add-write transaction
+    workers += [start_worker(server, mode, name, count) for _ in range(4)]
     finish(workers)
-    assert d["n"] == 4000
-
-
-def test_four_processes_transact_increments_exactly(server: ServerProcess, proxy: cyberdb.Proxy, name: str,
-                                                   workers: list[subprocess.Popen[str]]) -> None:
-    d = proxy.create_cyberdict(name, {"n": 0})
-    workers += [start_worker(server, "transact", name, 250) for _ in range(4)]
-    finish(workers)
-    assert d["n"] == 1000
+    assert d["n"] == 4 * count
 
 
 def test_four_processes_append_to_a_nested_cart(server: ServerProcess, proxy: cyberdb.Proxy, name: str,
