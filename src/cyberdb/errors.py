@@ -145,6 +145,7 @@ ERROR_CODES: dict[int, type[BaseException]] = {
     15: TransactionConflictError,
     16: BatchAbortedError,
     17: LockLostError,
+    18: PersistenceError,  # e.g. a write refused while the append-only log cannot be written
     20: ProtocolError,
     21: ServerError,
 }

@@ -1,7 +1,10 @@
 """The CyberDB server: one asyncio event loop owns all data; ``start()`` runs it in a thread, ``run()`` here.
 
-Every command runs to completion inside that loop (see :mod:`.store`), so each is atomic.  Snapshots are
-encoded inside the loop too (a consistent point in time) and written to disk outside it.
+Every command runs to completion inside that loop (see :mod:`.store`), so each is atomic.  Snapshots and log
+rewrites are encoded and written by a forked child that sees the tables as they were at the fork (see
+:mod:`.background`), so the loop goes on serving meanwhile.  With an append-only log (:mod:`.aof`) every write
+is logged before its reply leaves, and a restart replays the log.  docs/persistence.md says what each setting
+keeps through which crash.
 """
 
 from __future__ import annotations
@@ -15,10 +18,14 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from .. import crypto
+from ..errors import PersistenceError
+from .aof import AppendLog, Fsync, LogConfig
+from .background import run_in_child
 from .dedup import ReplyCache
 from .net import ServerConnection, ServerContext, parse_networks
 from .persist import encode_snapshot, read_snapshot, write_atomic
@@ -30,6 +37,7 @@ logger = logging.getLogger("cyberdb.server")
 T = TypeVar("T")
 DEFAULT_ENCRYPT_WHITELIST = ("127.0.0.1", "::1")
 _LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+DRAIN_TIMEOUT = 5.0  # seconds a clean shutdown waits for the last replies to reach the clients
 
 
 class Server:
@@ -54,6 +62,8 @@ class Server:
         self._replies = ReplyCache()  # kept across stop()/start() of this object, like the tables
         self._whitelist: list[str] | None = None
         self._backup: tuple[str, float] | None = None
+        self._log_config: LogConfig | None = None
+        self._log: AppendLog | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop_event: asyncio.Event | None = None
@@ -99,27 +109,89 @@ class Server:
         if self._loop is not None:
             self._call_in_loop(self._schedule_backup)
 
+    def set_append_log(self, file_name: str = "data.aof", fsync: str = "everysec", rewrite_factor: float = 2.0,
+                       rewrite_min_size: int = 16 << 20) -> None:
+        """Log every write to ``file_name`` before answering it; replay the log on start.
+
+        Call it before ``start()``/``run()``.  If the log exists when the server starts, it holds the latest
+        state and replaces the tables loaded by ``load_db``; otherwise it is created from them.
+
+        Args:
+            file_name: the log file.
+            fsync: ``"always"`` (each reply waits for its write to be on disk; writes arriving together share
+                one fsync), ``"everysec"`` (a machine crash loses at most about one second) or ``"no"`` (the OS
+                decides).  With any policy, killing the server process loses no acknowledged write.
+            rewrite_factor: compact the log in the background when it is this many times larger than after the
+                last compaction ...
+            rewrite_min_size: ... and at least this many bytes.
+
+        Raises:
+            ValueError: an unknown policy or a bad size.
+            RuntimeError: the server is running.
+        """
+        if self._loop is not None:
+            raise RuntimeError("call set_append_log() before start() or run()")
+        try:
+            policy = Fsync(fsync)
+        except ValueError:
+            raise ValueError("fsync must be 'always', 'everysec' or 'no'") from None
+        if not rewrite_factor > 1 or rewrite_min_size < 0:
+            raise ValueError("rewrite_factor must be above 1 and rewrite_min_size at least 0")
+        self._log_config = LogConfig(os.fspath(file_name), policy, float(rewrite_factor), int(rewrite_min_size))
+
+    def rewrite_append_log(self) -> None:
+        """Compact the append-only log now (in the background) and wait until it is done.
+
+        Raises:
+            RuntimeError: no append-only log is open.
+            PersistenceError: the rewrite failed (the log goes on as it was).
+        """
+        log = self._log
+        if log is None or self._loop is None:
+            raise RuntimeError("no append-only log is open (set_append_log, then start)")
+        self._call_in_loop(log.rewrite).result()
+
+    def info(self) -> dict[str, Any]:
+        """State and counters: tables, connections, and the append-only log (file, policy, size, fsyncs, ...)."""
+        def collect() -> dict[str, Any]:
+            return {"tables": len(self._store), "connections": len(self._ctx.connections) if self._ctx else 0,
+                    "append_log": self._log.info() if self._log is not None else None,
+                    "backup": {"file": self._backup[0], "cycle": self._backup[1]} if self._backup else None}
+        return self._call_in_loop(collect)
+
     # ---- persistence -------------------------------------------------------------------------------------------
 
     def save_db(self, file_name: str = "data.cdb") -> None:
         """Write a consistent snapshot of all tables atomically (temporary file, fsync, rename).
 
+        While serving, a forked child writes the tables as they were when ``save_db`` was called, and clients
+        are served meanwhile; this call waits until the file is complete.
+
         Raises:
             PersistenceError: the file could not be written; the previous file is intact.
         """
-        data = self._call_in_loop(lambda: encode_snapshot(self._store.dump()))
-        write_atomic(file_name, data)
-        logger.info("saved %d tables to %s", len(self._store), file_name)
+        path = os.fspath(file_name)
+        if self._loop is None:
+            _save(self._store, path)
+        else:
+            self._call_in_loop(lambda: run_in_child(lambda: _save(self._store, path), "saving")).result()
+        logger.info("saved %d tables to %s", len(self._store), path)
 
     def load_db(self, file_name: str = "data.cdb") -> None:
         """Replace all tables with those of a snapshot file; on any error nothing is loaded.
+
+        With an append-only log open, the log is rewritten from the loaded tables.
 
         Raises:
             PersistenceError: the file is missing, unreadable, truncated, corrupted or not a CyberDB file.
         """
         tables = read_snapshot(file_name)
 
-        self._call_in_loop(lambda: self._store.load(tables))
+        def load() -> None:
+            self._store.load(tables)
+            if self._log is not None:
+                self._log.reset()
+        self._call_in_loop(load)
         logger.info("loaded %d tables from %s", len(tables), file_name)
 
     # ---- running -----------------------------------------------------------------------------------------------
@@ -195,16 +267,20 @@ class Server:
         if whitelist is None and encrypt:
             whitelist = list(DEFAULT_ENCRYPT_WHITELIST)
         _raise_fd_limit(max_con)
+        log = AppendLog(self._log_config, self._store, self._replies) if self._log_config is not None else None
         salt = os.urandom(16)
         self._ctx = ServerContext(
             store=self._store, master=crypto.derive_master_key(password, salt), salt=salt,
             iterations=crypto.PBKDF2_ITERATIONS, encrypt=bool(encrypt), max_con=int(max_con),
             timeout=float(timeout), whitelist=parse_networks(whitelist) if whitelist is not None else None,
-            replies=self._replies)
+            replies=self._replies, log=log)
         try:
             sock = socket.create_server(address, family=family, backlog=1024)
         except OSError as exc:
+            if log is not None:
+                log.close()
             raise OSError(exc.errno, f"CyberDB cannot listen on {host}:{port}: {exc.strerror}") from exc
+        self._log = log
         self._listener = sock
         self.address = sock.getsockname()[:2]
 
@@ -235,6 +311,8 @@ class Server:
         server = await loop.create_server(lambda: ServerConnection(ctx), sock=self._listener)
         self._stop_event = asyncio.Event()
         self._loop = loop
+        if self._log is not None:
+            self._log.attach(loop)
         if install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stop_event.set)
@@ -246,8 +324,12 @@ class Server:
             await self._stop_event.wait()
         finally:
             server.close()
+            if self._log is not None:  # the last writes reach the disk, and their held replies the clients
+                self._log.close()
+                self._log = ctx.log = None
             for conn in list(ctx.connections):
                 conn.close()
+            await _drained(ctx, DRAIN_TIMEOUT)
             await server.wait_closed()
             if install_signals and threading.current_thread() is threading.main_thread():
                 for sig in (signal.SIGINT, signal.SIGTERM):
@@ -257,10 +339,10 @@ class Server:
             self.address = None
             if self._backup is not None:
                 try:
-                    write_atomic(self._backup[0], encode_snapshot(self._store.dump()))
+                    _save(self._store, self._backup[0])
                     logger.info("final backup written to %s", self._backup[0])
-                except Exception:  # noqa: BLE001 - shutdown goes on; the reason is logged
-                    logger.exception("final backup to %s failed", self._backup[0])
+                except PersistenceError as exc:  # shutdown goes on; the reason is logged
+                    logger.error("final backup to %s failed: %s", self._backup[0], exc)
             logger.info("CyberDB stopped")
 
     def _schedule_backup(self) -> None:
@@ -273,18 +355,18 @@ class Server:
         self._schedule_backup()
         if self._backup_busy:
             return
-        data = encode_snapshot(self._store.dump())
+        path, loop = self._backup[0], self._loop
         self._backup_busy = True
-        future = self._loop.run_in_executor(None, write_atomic, self._backup[0], data)
-        future.add_done_callback(self._backup_done)
+        future = run_in_child(lambda: _save(self._store, path), "backup")
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._backup_done, path, f))
 
-    def _backup_done(self, future: asyncio.Future[None]) -> None:
+    def _backup_done(self, path: str, future: concurrent.futures.Future[None]) -> None:
         self._backup_busy = False
         exc = future.exception()
-        if exc is not None:
-            logger.error("backup failed: %s", exc)
+        if exc is not None:  # the previous file is intact; the next cycle tries again
+            logger.error("backup to %s failed (the previous file is kept; retried next cycle): %s", path, exc)
         else:
-            logger.info("backup written")
+            logger.info("backup written to %s", path)
 
     def _call_in_loop(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` inside the server's loop (atomically w.r.t. commands) and return its result."""
@@ -314,6 +396,19 @@ class Server:
             self._log_handler.setFormatter(logging.Formatter(_LOG_FORMAT))
             root.addHandler(self._log_handler)
         root.setLevel(logging.DEBUG)
+
+
+def _save(store: Store, path: str) -> None:
+    write_atomic(path, encode_snapshot(store.dump()))
+
+
+async def _drained(ctx: ServerContext, timeout: float) -> None:
+    """Wait until every connection is closed (their last replies sent), at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while ctx.connections and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)  # connection_lost runs once a transport has flushed its buffer
+    for conn in list(ctx.connections):
+        conn.abort()
 
 
 def _new_event_loop(kind: str) -> asyncio.AbstractEventLoop:

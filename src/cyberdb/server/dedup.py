@@ -9,12 +9,15 @@ This is the design of RIFL (RAMCloud, SOSP 2015) and of Kafka's idempotent produ
 
 Bounds: at most ``max_per_client`` replies per client (the oldest are dropped, and a re-send of a dropped one
 is answered with "outcome unknown"), and at most ``max_clients`` clients (least recently active dropped).
-The cache lives in memory: after a server restart a re-sent write runs again (the append-only log will keep it).
+The cache lives in memory and in the append-only log (each write's record carries its client id, request id
+and ack; a log's base carries the cache itself), so with a log a write re-sent across a restart still runs once.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
 
 from ..errors import ERROR_CODES, ConnectionLostError
 from ..protocol import ANONYMOUS
@@ -101,3 +104,24 @@ class ReplyCache:
         else:
             self._clients.move_to_end(client_id)
         return rec
+
+    def clients(self) -> Iterator[tuple[bytes, int, int, list[Any]]]:
+        """Each client's id, ack, floor and unacknowledged replies ``[[request id, status, payload], ...]``."""
+        for client_id, rec in self._clients.items():
+            replies = [[req_id, status, payload] for req_id, (status, payload) in rec.replies.items()
+                       if req_id >= rec.ack]
+            yield client_id, rec.ack, rec.floor, replies
+
+    def restore(self, client_id: bytes, ack: int, floor: int, replies: list[Any]) -> None:
+        """Put back one client's record (from a log's base)."""
+        rec = self.record(client_id)
+        if rec is not None:
+            rec.ack, rec.floor = max(rec.ack, ack), max(rec.floor, floor)
+            rec.replies.update((req_id, (status, payload)) for req_id, status, payload in replies)
+
+    def replayed(self, client_id: bytes, req_id: int, ack: int, reply: Reply) -> None:
+        """Remember the reply of a write replayed from the log, as if it had just run."""
+        rec = self.record(client_id)
+        if rec is not None:
+            rec.lookup(req_id, ack)  # moves the acknowledged mark
+            rec.remember(req_id, reply, self.max_per_client)

@@ -18,9 +18,11 @@ from typing import cast
 from .. import protocol
 from ..codec import decode_value
 from ..commands import BY_ID
-from ..errors import AuthenticationError, ProtocolError
+from ..errors import AuthenticationError, PersistenceError, ProtocolError, error_code
+from ..protocol import ANONYMOUS
+from .aof import AppendLog
 from .dedup import PRUNE_AT, ClientRecord, ReplyCache, stale
-from .store import Store
+from .store import Store, encode_error
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,13 @@ def address_allowed(host: str, networks: list[IPNetwork]) -> bool:
     return any(ip in net for net in networks)
 
 
+def refused(log: AppendLog) -> tuple[int, bytes]:
+    """The reply to a write refused because the append-only log cannot be written (it did not run)."""
+    exc = PersistenceError(f"write refused: {log.error} (the server refuses writes until its append-only log "
+                           "can be written again; nothing was changed)")
+    return error_code(exc), encode_error(exc, "")
+
+
 @dataclass(eq=False)
 class ServerContext:
     """What every connection of one server shares."""
@@ -60,6 +69,7 @@ class ServerContext:
     timeout: float
     whitelist: list[IPNetwork] | None
     replies: ReplyCache = field(default_factory=ReplyCache)
+    log: AppendLog | None = None
     connections: set[ServerConnection] = field(default_factory=set)
 
 
@@ -77,6 +87,10 @@ class ServerConnection(asyncio.Protocol):
         self._log = logger.isEnabledFor(logging.DEBUG)
         self._paused = False
         self._client: ClientRecord | None = None  # this client's reply cache (None: anonymous)
+        self._client_id = ANONYMOUS
+        self._wrote = False  # a write was among the requests whose replies are being gathered
+        self._held = 0  # outputs waiting in the append-only log until the writes they answer are kept
+        self._closing = False  # close once the held outputs are sent
         self.requests = 0
 
     def __repr__(self) -> str:
@@ -143,6 +157,7 @@ class ServerConnection(asyncio.Protocol):
             return
         replies: list[bytes] = []
         pending = 0
+        self._wrote = False
         try:
             if not session.ready:
                 request = session.next_request()
@@ -159,24 +174,54 @@ class ServerConnection(asyncio.Protocol):
                 replies.append(reply)
                 pending += len(reply)
                 if pending > _FLUSH_BYTES:  # write now: the transport may pause us (pause_writing)
-                    transport.write(b"".join(replies))
+                    self._send(b"".join(replies))
                     replies.clear()
                     pending = 0
                 if self._paused:
                     break
                 request = session.next_request()
             if replies:
-                transport.write(replies[0] if len(replies) == 1 else b"".join(replies))
+                self._send(replies[0] if len(replies) == 1 else b"".join(replies))
         except (AuthenticationError, ProtocolError) as exc:
             # answer what was executed before the bad frame, say why if still in the handshake, then close
             logger.warning("closing %s: %s", self._peer, exc)
-            transport.write(b"".join(replies) + session.data_to_send())
-            transport.close()
+            if replies:
+                self._send(b"".join(replies))
+            if self._held:  # the replies leave once the log has their writes; then close
+                self._closing = True
+            else:
+                transport.write(session.data_to_send())
+                transport.close()
+
+    def _send(self, data: bytes) -> None:
+        """Write replies, unless the writes they answer are not kept by the append-only log yet."""
+        log = self._ctx.log
+        if log is not None and (self._held or self._wrote and log.behind):
+            self._held += 1
+            log.hold(self, data)
+        else:
+            assert self._transport is not None
+            self._transport.write(data)
+        self._wrote = False
+
+    def release(self, data: bytes) -> None:
+        """Send replies the append-only log held (it has the writes they answer now)."""
+        self._held -= 1
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+            if self._closing and not self._held:
+                transport.close()
 
     def close(self) -> None:
-        """Close this connection (server shutdown)."""
+        """Close this connection once its buffered replies are sent (server shutdown)."""
         if self._transport is not None:
             self._transport.close()
+
+    def abort(self) -> None:
+        """Close this connection at once, dropping what is not sent."""
+        if self._transport is not None:
+            self._transport.abort()
 
     # ---- internals ----------------------------------------------------------------------------------------------
 
@@ -187,7 +232,8 @@ class ServerConnection(asyncio.Protocol):
 
     def _authenticated(self) -> None:
         assert self._session is not None
-        self._client = self._ctx.replies.record(self._session.client_id)
+        self._client_id = self._session.client_id
+        self._client = self._ctx.replies.record(self._client_id)
         # the handshake deadline is over; from now on only the idle timeout (if any) applies
         if self._timer is not None:
             self._timer.cancel()
@@ -221,9 +267,14 @@ class ServerConnection(asyncio.Protocol):
             raise ProtocolError("request arguments are not an array")
         if self._log:
             logger.debug("%s %s %r", self._peer, spec.name, args[:1])
-        client = self._client
-        if client is None or spec.readonly:  # a read simply runs again when re-sent
+        if spec.readonly:  # a read simply runs again when re-sent
             return session.reply(req_id, *self._store.outcome(spec, args))
+        self._wrote = True
+        log, client = self._ctx.log, self._client
+        if client is None:
+            if log is not None and log.refuses(spec, args):
+                return session.reply(req_id, *refused(log))
+            return session.reply(req_id, *self._store.outcome(spec, args, True, (ANONYMOUS, req_id, ack, payload)))
         # ClientRecord.lookup/remember, inlined: this runs for every write
         if ack > client.ack:
             client.ack = ack
@@ -232,7 +283,9 @@ class ServerConnection(asyncio.Protocol):
         if reply is None:
             if req_id < client.ack or req_id <= client.floor:
                 return session.reply(req_id, *stale(req_id))
-            reply = replies[req_id] = self._store.outcome(spec, args)
+            if log is not None and log.refuses(spec, args):  # not run, hence not cached: a re-send may run it
+                return session.reply(req_id, *refused(log))
+            reply = replies[req_id] = self._store.outcome(spec, args, True, (self._client_id, req_id, ack, payload))
             if len(replies) > PRUNE_AT:
                 client.prune(self._ctx.replies.max_per_client)
         elif self._log:

@@ -1,4 +1,4 @@
-"""Snapshot files: versioned, checksummed, written atomically, encoded with the safe codec (never pickle).
+"""The file formats: snapshots and the append-only log; versioned, checksummed, never pickle.  No sockets.
 
 Layout of a ``.cdb`` file (all integers big-endian)::
 
@@ -11,22 +11,46 @@ Layout of a ``.cdb`` file (all integers big-endian)::
 
 Writing goes to a temporary file in the same directory, is fsynced, then ``os.replace``d over the target, so a
 crash mid-save leaves the previous file intact.  Loading validates everything before anything is used and raises
-:class:`~cyberdb.errors.PersistenceError` saying what is wrong.
+:class:`~cyberdb.errors.PersistenceError` saying what is wrong.  Each table is encoded on its own and the
+list around them is assembled from the parts, so a file nests no deeper than its deepest table (see
+``codec.MAX_DEPTH``): every value the server accepts can be saved.
+
+Layout of an append-only log (``.aof``)::
+
+    magic  b"CYBERAOF"  (8 bytes), format version (uint16) currently 1, reserved (uint16)
+    records, each:  body length (uint32) | CRC-32 of the body (uint32) | CRC-32 of those 8 bytes (uint32) | body
+
+A body starts with its kind (one byte).  The *base* records describe the state when the log was (re)written:
+``TABLE`` [name, kind, content], ``CLIENT`` [client id, ack, floor, [[request id, status, reply], ...]] (the
+exactly-once reply cache) and ``LEASES`` [[lock, token, deadline], ...].  Then one ``COMMAND`` record per
+write, in the order they ran: client id (16 bytes), request id, ack (uint64 each), the wall-clock time it ran
+(float64), the command id (uint16), then the request's encoded arguments exactly as they arrived.  An atomic
+batch or a transaction is one request, hence one record: a crash never replays half of it.
+
+The header's own checksum tells a damaged length from a torn write: a crash can only cut the log short (or,
+on some file systems, leave zeros at its end), so a short or zeroed last record is *torn* and dropped with a
+warning, while any other damage is refused with the offset where it starts.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import os
 import struct
 import tempfile
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from ..codec import decode_value, encode_value
+from ..codec import decode_value, encode_array, encode_value
 from ..errors import PersistenceError, ProtocolError
-from .store import KIND_TYPES, MAX_NAME_LENGTH
+from .store import KIND_TYPES, MAX_NAME_LENGTH, Lease
 
-__all__ = ["decode_snapshot", "encode_snapshot", "read_snapshot", "write_atomic"]
+__all__ = ["LOG_HEADER", "Command", "LogScan", "RecordKind", "base_records", "command_record", "decode_snapshot",
+           "encode_snapshot", "frame_record", "parse_base", "parse_command", "read_snapshot", "scan_log",
+           "write_atomic"]
 
 MAGIC = b"CYBERDB\x00"
 FORMAT_VERSION = 1
@@ -34,9 +58,24 @@ _HEADER = struct.Struct("!8sHHQ32s")
 
 
 def encode_snapshot(tables: dict[str, Any]) -> bytes:
-    """Serialize all tables into the bytes of a snapshot file."""
-    payload = encode_value([[name, "dict" if type(t) is dict else "list", t] for name, t in tables.items()])
+    """Serialize all tables into the bytes of a snapshot file.
+
+    Raises:
+        PersistenceError: a value cannot be encoded (the server's checks should make this impossible).
+    """
+    payload = encode_array([_encode_table(name, table) for name, table in tables.items()])
     return _HEADER.pack(MAGIC, FORMAT_VERSION, 0, len(payload), hashlib.sha256(payload).digest()) + payload
+
+
+def _encode_table(name: str, table: Any) -> bytes:
+    try:
+        return encode_array([encode_value(name), encode_value(_kind(table)), encode_value(table)])
+    except TypeError as exc:
+        raise PersistenceError(f"table {name!r} cannot be saved: {exc}") from None
+
+
+def _kind(table: Any) -> str:
+    return "dict" if type(table) is dict else "list"
 
 
 def decode_snapshot(data: bytes, source: str = "snapshot") -> dict[str, Any]:
@@ -75,15 +114,22 @@ def _validate(entries: Any, source: str) -> dict[str, Any]:
         raise PersistenceError(f"{source}: the payload is not a list of tables")
     tables: dict[str, Any] = {}
     for entry in entries:
-        if type(entry) is not list or len(entry) != 3:
-            raise PersistenceError(f"{source}: a table entry is not [name, kind, content]")
-        name, kind, content = entry
-        if type(name) is not str or not 0 < len(name) <= MAX_NAME_LENGTH or name in tables:
-            raise PersistenceError(f"{source}: bad or duplicate table name {name!r}")
-        if kind not in KIND_TYPES or type(content) is not KIND_TYPES[kind]:
-            raise PersistenceError(f"{source}: table {name!r} has a bad kind or content")
+        name, content = _table_entry(entry, source)
+        if name in tables:
+            raise PersistenceError(f"{source}: duplicate table name {name!r}")
         tables[name] = content
     return tables
+
+
+def _table_entry(entry: Any, source: str) -> tuple[str, Any]:
+    if type(entry) is not list or len(entry) != 3:
+        raise PersistenceError(f"{source}: a table entry is not [name, kind, content]")
+    name, kind, content = entry
+    if type(name) is not str or not 0 < len(name) <= MAX_NAME_LENGTH:
+        raise PersistenceError(f"{source}: bad table name {name!r}")
+    if kind not in KIND_TYPES or type(content) is not KIND_TYPES[kind]:
+        raise PersistenceError(f"{source}: table {name!r} has a bad kind or content")
+    return name, content
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
@@ -131,3 +177,160 @@ def read_snapshot(path: str | os.PathLike[str]) -> dict[str, Any]:
     except OSError as exc:
         raise PersistenceError(f"could not read {path}: {exc}") from exc
     return decode_snapshot(data, path)
+
+
+# ---- the append-only log ---------------------------------------------------------------------------------------
+
+LOG_MAGIC = b"CYBERAOF"
+LOG_VERSION = 1
+LOG_HEADER = LOG_MAGIC + struct.pack("!HH", LOG_VERSION, 0)
+_RECORD = struct.Struct("!III")
+_LENGTH_AND_CRC = struct.Struct("!II")
+_COMMAND = struct.Struct("!B16sQQdH")
+MAX_RECORD = (1 << 32) - 1
+
+
+class RecordKind(enum.IntEnum):
+    """The first byte of a log record's body."""
+
+    COMMAND = 1
+    TABLE = 2
+    CLIENT = 3
+    LEASES = 4
+
+
+_COMMAND_KIND = int(RecordKind.COMMAND)
+
+
+def frame_record(body: bytes) -> bytes:
+    """A record around ``body``: length, body checksum, header checksum, body.
+
+    Raises:
+        PersistenceError: the body does not fit in one record (4 GiB).
+    """
+    if len(body) > MAX_RECORD:
+        raise PersistenceError(f"a log record of {len(body)} bytes exceeds the limit of {MAX_RECORD}")
+    head = _LENGTH_AND_CRC.pack(len(body), zlib.crc32(body))
+    return head + zlib.crc32(head).to_bytes(4, "big") + body
+
+
+def command_record(client: bytes, req_id: int, ack: int, when: float, op: int, payload: bytes) -> bytes:
+    """The record of one write as it arrived (the hot path: a struct and two CRCs)."""
+    body = _COMMAND.pack(_COMMAND_KIND, client, req_id, ack, when, op) + payload
+    head = _LENGTH_AND_CRC.pack(len(body), zlib.crc32(body))
+    return head + zlib.crc32(head).to_bytes(4, "big") + body
+
+
+@dataclass(frozen=True)
+class Command:
+    """A decoded ``COMMAND`` record (its arguments still encoded)."""
+
+    client: bytes
+    req_id: int
+    ack: int
+    when: float
+    op: int
+    payload: bytes
+
+
+def parse_command(body: bytes) -> Command:
+    """Split a ``COMMAND`` record's body."""
+    _kind, client, req_id, ack, when, op = _COMMAND.unpack_from(body)
+    return Command(client, req_id, ack, when, op, bytes(body[_COMMAND.size:]))
+
+
+def base_records(tables: dict[str, Any], clients: Iterable[tuple[bytes, int, int, list[Any]]],
+                 leases: list[Lease]) -> Iterator[bytes]:
+    """The records of a log's base: every table, every client's cached replies, the lock leases.
+
+    Raises:
+        PersistenceError: a table cannot be encoded or is too large for one record.
+    """
+    table_kind = bytes((RecordKind.TABLE,))
+    for name, table in tables.items():
+        yield frame_record(table_kind + _encode_table(name, table))
+    client_kind = bytes((RecordKind.CLIENT,))
+    for client in clients:
+        yield frame_record(client_kind + encode_value(list(client)))
+    yield frame_record(bytes((RecordKind.LEASES,)) + encode_value([list(lease) for lease in leases]))
+
+
+def parse_base(kind: RecordKind, body: bytes, source: str) -> Any:
+    """Decode and validate a base record: ``(name, content)``, a client tuple, or a list of leases.
+
+    Raises:
+        PersistenceError: the record is malformed.
+    """
+    try:
+        value = decode_value(body[1:])
+    except ProtocolError as exc:
+        raise PersistenceError(f"{source}: a malformed {kind.name} record: {exc}") from None
+    if kind is RecordKind.TABLE:
+        return _table_entry(value, source)
+    if kind is RecordKind.CLIENT:
+        if (type(value) is not list or len(value) != 4 or type(value[0]) is not bytes or len(value[0]) != 16
+                or type(value[1]) is not int or type(value[2]) is not int or type(value[3]) is not list
+                or not all(type(r) is list and len(r) == 3 and type(r[0]) is int and type(r[1]) is int
+                           and type(r[2]) is bytes for r in value[3])):
+            raise PersistenceError(f"{source}: a malformed CLIENT record")
+        return value
+    if type(value) is not list or not all(
+            type(lease) is list and len(lease) == 3 and type(lease[0]) is str and type(lease[1]) is int
+            and type(lease[2]) is float for lease in value):
+        raise PersistenceError(f"{source}: a malformed LEASES record")
+    return [tuple(lease) for lease in value]
+
+
+@dataclass
+class LogScan:
+    """The whole records of a log, where they end, and what was dropped after them."""
+
+    records: list[tuple[int, RecordKind, memoryview]]  # offset, kind, body
+    end: int  # offset after the last whole record
+    torn: int  # bytes after ``end`` that were dropped as a torn last record
+
+
+def scan_log(data: bytes, source: str = "log") -> LogScan:
+    """Check a log's header and every record's checksums.
+
+    Raises:
+        PersistenceError: not a log, another version, or damage before the last record (naming its offset).
+    """
+    if not data.startswith(LOG_MAGIC):
+        if LOG_MAGIC.startswith(data):
+            return LogScan([], 0, len(data))  # a crash while the header was being written
+        raise PersistenceError(f"{source} is not a CyberDB append-only log (bad header)")
+    if len(data) < len(LOG_HEADER):
+        return LogScan([], 0, len(data))
+    version = int.from_bytes(data[8:10], "big")
+    if version != LOG_VERSION:
+        raise PersistenceError(f"{source} has log format version {version}; this CyberDB reads {LOG_VERSION}")
+    view = memoryview(data)
+    records: list[tuple[int, RecordKind, memoryview]] = []
+    offset, size = len(LOG_HEADER), len(data)
+    while offset < size:
+        if size - offset < _RECORD.size:
+            return LogScan(records, offset, size - offset)
+        length, body_crc, head_crc = _RECORD.unpack_from(data, offset)
+        if zlib.crc32(view[offset:offset + 8]) != head_crc:
+            if not any(view[offset:]):
+                return LogScan(records, offset, size - offset)  # zeros at the end: a torn write
+            raise PersistenceError(f"{source} is damaged at offset {offset}: bad record header")
+        start = offset + _RECORD.size
+        if start + length > size:
+            return LogScan(records, offset, size - offset)  # the last record was cut short
+        body = view[start:start + length]
+        if zlib.crc32(body) != body_crc:
+            if start + length == size:
+                return LogScan(records, offset, size - offset)  # the last record's blocks were not written
+            raise PersistenceError(f"{source} is damaged at offset {offset}: checksum mismatch in a "
+                                   f"{length}-byte record")
+        try:
+            kind = RecordKind(body[0]) if length else None
+        except ValueError:
+            kind = None
+        if kind is None or kind is RecordKind.COMMAND and length < _COMMAND.size:
+            raise PersistenceError(f"{source} is damaged at offset {offset}: unknown record")
+        records.append((offset, kind, body))
+        offset = start + length
+    return LogScan(records, offset, 0)

@@ -7,9 +7,12 @@ registered under the spec's name in ``_HANDLERS``.  A command at a path runs on 
 walking the path inside its table.  ``outcome()`` turns a command's result or error into the status and
 payload of its reply, the one place where that happens (replies, batches and the reply cache use it).
 
-The store's interface, for the server and for persistence: ``load()``, ``dump()``, ``execute()``,
-``outcome()``, and one write hook, ``on_write(spec, args)``, called after every write that was applied
-(the append-only log listens there).  Nobody else reaches into its fields.
+The store's interface, for the server and for persistence: ``load()``, ``dump()``, ``leases()``,
+``execute()``, ``outcome()``, and one write hook, ``on_write(spec, args, origin)``, called after every write
+that ran, failed or not (a failed ``sort`` may have moved items), except an atomic batch that was rolled back
+(the append-only log listens there).  ``origin`` says who sent the write, for the log to rebuild the reply
+cache.  Time comes from ``now()``, which a log replay pins to the time the write first ran, so replaying a
+log reproduces lock leases and fencing tokens exactly.  Nobody else reaches into its fields.
 """
 
 from __future__ import annotations
@@ -45,9 +48,12 @@ STATUS_OK = 0
 _MAX_REPLY_PAYLOAD = MAX_FRAME - HEADER_SIZE - 64
 _MAX_ERROR_PAYLOAD = 64 << 10  # an error's arguments (e.g. the missing key) are sent back up to this size
 _NUMBERS = (int, float, Decimal)
+_BATCH_OP = next(spec.op for spec in COMMANDS if spec.name == "db.batch")
 
 Table = dict[Any, Any] | list[Any]
-WriteHook = Callable[[CommandSpec, list[Any]], None]
+Origin = tuple[bytes, int, int, bytes]  # client id, request id, ack, the request's encoded arguments
+WriteHook = Callable[[CommandSpec, list[Any], "Origin | None"], None]
+Lease = tuple[str, int, float]  # lock name, fencing token, deadline (wall clock)
 
 
 class Encoded(bytes):
@@ -60,9 +66,13 @@ class Store:
     def __init__(self) -> None:
         self._tables: dict[str, Table] = {}
         self._versions: dict[str, int] = {}
-        self._clock = 0  # global, so a deleted and recreated table never reuses a version
-        self._locks: dict[str, tuple[int, float]] = {}  # name -> (token, deadline on the monotonic clock)
+        # global, so a deleted and recreated table never reuses a version; it starts from the clock so that a
+        # version read before a restart is not handed out again after it
+        self._clock = time.time_ns()
+        # name -> (token, deadline on the wall clock: leases are logged and must mean the same after a restart)
+        self._locks: dict[str, tuple[int, float]] = {}
         self._last_token = 0
+        self.pinned_time: float | None = None  # set while a log replays a write
         self.on_write: WriteHook | None = None
 
     def __len__(self) -> int:
@@ -70,16 +80,29 @@ class Store:
 
     # ---- the interface -----------------------------------------------------------------------------------------
 
-    def load(self, tables: dict[str, Table]) -> None:
-        """Replace all tables (validated content, e.g. from a snapshot file)."""
+    def load(self, tables: dict[str, Table], leases: list[Lease] | None = None) -> None:
+        """Replace all tables (validated content, e.g. from a snapshot file) and lock leases."""
         self._tables.clear()
         self._locks.clear()
         for name, table in tables.items():
             self._add(name, table)
+        for name, token, deadline in leases or ():
+            self._locks[name] = (token, deadline)
+            self._last_token = max(self._last_token, token)
 
     def dump(self) -> dict[str, Table]:
         """The live tables, for a snapshot: encode them before the next command runs."""
         return self._tables
+
+    def leases(self) -> list[Lease]:
+        """The lock leases that have not ended, for the append-only log's base."""
+        now = self.now()
+        return [(name, token, deadline) for name, (token, deadline) in self._locks.items() if deadline > now]
+
+    def now(self) -> float:
+        """Seconds since the epoch: the wall clock, or the time a replayed write first ran."""
+        pinned = self.pinned_time
+        return time.time() if pinned is None else pinned
 
     def execute(self, spec: CommandSpec, args: list[Any]) -> Any:
         """Run one command and return its result; data errors propagate as the builtin exceptions.
@@ -89,20 +112,32 @@ class Store:
         Raises:
             TypeError: wrong number of arguments (or the builtin method's own TypeError).
         """
-        result = self.apply(spec, args)
-        if not spec.readonly and self.on_write is not None:
-            self.on_write(spec, args)
-        return result
-
-    def outcome(self, spec: CommandSpec, args: list[Any], hook: bool = True) -> tuple[int, bytes]:
-        """Execute and encode: ``(STATUS_OK, encoded result)`` or ``(error code, encoded error arguments)``.
-
-        ``hook=False`` runs a batch step: the write hook hears of the whole batch instead.
-        """
+        if spec.readonly or self.on_write is None:
+            return self.apply(spec, args)
         try:
             result = self.apply(spec, args)
-            if hook and not spec.readonly and self.on_write is not None:
-                self.on_write(spec, args)
+        except BaseException:
+            if spec.op != _BATCH_OP:  # a batch that raised was rolled back: nothing to log
+                self.on_write(spec, args, None)
+            raise
+        self.on_write(spec, args, None)
+        return result
+
+    def outcome(self, spec: CommandSpec, args: list[Any], hook: bool = True,
+                origin: Origin | None = None) -> tuple[int, bytes]:
+        """Execute and encode: ``(STATUS_OK, encoded result)`` or ``(error code, encoded error arguments)``.
+
+        ``hook=False`` runs a batch step: the write hook hears of the whole batch instead.  ``origin`` is passed
+        to the write hook.
+        """
+        try:
+            ran = False
+            try:
+                result = self.apply(spec, args)
+                ran = True
+            finally:  # a batch that raised was rolled back: nothing to log
+                if hook and not spec.readonly and self.on_write is not None and (ran or spec.op != _BATCH_OP):
+                    self.on_write(spec, args, origin)
             body = result if type(result) is Encoded else encode_value(result)
             if len(body) > _MAX_REPLY_PAYLOAD:
                 raise ValueError(f"the reply of {len(body)} bytes exceeds the frame limit")
@@ -178,7 +213,7 @@ class Store:
     def _new_token(self) -> int:
         # fencing tokens grow with every acquisition, and across a restart too (they start from the wall
         # clock in microseconds, as long as it does not go back)
-        self._last_token = max(self._last_token + 1, time.time_ns() // 1000)
+        self._last_token = max(self._last_token + 1, int(self.now() * 1_000_000))
         return self._last_token
 
 
@@ -373,7 +408,7 @@ def _list_replace_if(store: Store, table: list[Any], name: str, version: Any, it
     return True
 
 
-# ---- locks (database level; leases live in memory only) ---------------------------------------------------------
+# ---- locks (database level; leases are in the append-only log, on the wall clock) ---------------------------
 
 def _lock_args(name: Any, ttl: Any) -> float:
     if type(name) is not str or not 0 < len(name) <= MAX_NAME_LENGTH:
@@ -385,7 +420,7 @@ def _lock_args(name: Any, ttl: Any) -> float:
 
 def _lock_acquire(store: Store, name: Any, ttl: Any) -> int | None:
     seconds = _lock_args(name, ttl)
-    now = time.monotonic()
+    now = store.now()
     held = store._locks.get(name)
     if held is not None and held[1] > now:
         return None
@@ -398,7 +433,7 @@ def _lock_acquire(store: Store, name: Any, ttl: Any) -> int | None:
 
 def _lock_holder(store: Store, name: Any, token: Any) -> None:
     held = store._locks.get(name) if type(name) is str else None
-    if held is None or held[0] != token or held[1] <= time.monotonic():
+    if held is None or held[0] != token or held[1] <= store.now():
         raise LockLostError(f"lock {name!r} is no longer held with token {token!r} (its lease ended or "
                             "another holder took it)")
 
@@ -411,7 +446,7 @@ def _lock_release(store: Store, name: Any, token: Any) -> None:
 def _lock_extend(store: Store, name: Any, token: Any, ttl: Any) -> None:
     seconds = _lock_args(name, ttl)
     _lock_holder(store, name, token)
-    store._locks[name] = (token, time.monotonic() + seconds)
+    store._locks[name] = (token, store.now() + seconds)
 
 
 def _copy(store: Store, table: Any, name: str) -> Any:
