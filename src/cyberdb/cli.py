@@ -26,6 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--load", metavar="FILE", help="load this snapshot first")
     serve.add_argument("--backup", metavar="FILE", help="back up to this file (and on shutdown)")
     serve.add_argument("--backup-cycle", type=float, default=900)
+    serve.add_argument("--aof", metavar="FILE", help="append-only log: every write is logged before its reply; "
+                       "replayed on start (it replaces --load when it exists)")
+    serve.add_argument("--fsync", choices=("always", "everysec", "no"), default="everysec",
+                       help="when the log reaches the disk (default: everysec)")
+    serve.add_argument("--aof-rewrite-factor", type=float, default=2.0, metavar="F",
+                       help="compact the log when it is F times its size after the last compaction")
+    serve.add_argument("--aof-rewrite-min-size", type=int, default=16 << 20, metavar="BYTES")
     serve.add_argument("--whitelist", nargs="*", metavar="IP_OR_CIDR")
     serve.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                        help="event loop (auto: uvloop if installed)")
@@ -37,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
             db.load_db(args.load)
         if args.backup:
             db.set_backup(args.backup, cycle=args.backup_cycle)
+        if args.aof:
+            db.set_append_log(args.aof, fsync=args.fsync, rewrite_factor=args.aof_rewrite_factor,
+                              rewrite_min_size=args.aof_rewrite_min_size)
         if args.whitelist is not None:
             db.set_ip_whitelist(args.whitelist)
         db.run(host=args.host, port=args.port, password=args.password, max_con=args.max_con,
