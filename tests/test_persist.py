@@ -15,6 +15,7 @@ import struct
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -91,17 +92,46 @@ def test_snapshot_of_no_tables() -> None:
 
 
 def test_snapshot_layout_matches_documentation() -> None:
+    # version 2: magic, version, reserved, then records (length, crc32 of the body, crc32 of those 8 bytes,
+    # body = kind byte + codec value), the last one END [number of records before it]
     tables = {"d": {"k": 1}, "l": [1, 2]}
     data = encode_snapshot(tables)
-    magic, version, reserved, length, digest = HEADER.unpack_from(data)
-    payload = data[HEADER.size:]
-    assert (magic, version, reserved, length) == (MAGIC, 1, 0, len(payload))
-    assert digest == hashlib.sha256(payload).digest()
-    assert payload == encode_value([["d", "dict", {"k": 1}], ["l", "list", [1, 2]]])
+    assert data[:12] == MAGIC + struct.pack("!HH", 2, 0)
+    bodies, offset = [], 12
+    while offset < len(data):
+        length, crc, head_crc = struct.unpack_from("!III", data, offset)
+        body = data[offset + 12:offset + 12 + length]
+        assert zlib.crc32(body) == crc and zlib.crc32(data[offset:offset + 8]) == head_crc
+        bodies.append(body)
+        offset += 12 + length
+    assert bodies[0] == b"\x02" + encode_value(["d", "dict", {"k": 1}])
+    assert bodies[1] == b"\x02" + encode_value(["l", "list", [1, 2]])
+    assert bodies[-1] == b"\x05" + encode_value(len(bodies) - 1)
+    payload = encode_value([["d", "dict", {"k": 1}], ["l", "list", [1, 2]]])
     assert decode_snapshot(build(payload)) == tables  # and a file written by someone else by the spec loads
 
 
-GOOD = encode_snapshot({"d": {"k": "v" * 100}, "l": list(range(50))})
+# a version-1 file (what earlier releases wrote), built by its spec: the tests below check that reader
+GOOD = build(encode_value([["d", "dict", {"k": "v" * 100}], ["l", "list", list(range(50))]]))
+
+
+V2 = encode_snapshot({"d": {"k": "v" * 100}, "l": list(range(50))})
+
+
+@pytest.mark.parametrize("cut", range(12, len(V2), 7))
+def test_truncated_version_2_names_the_offset(cut: int) -> None:
+    with pytest.raises(PersistenceError, match=r"truncated at offset \d+"):
+        decode_snapshot(V2[:cut])
+
+
+@pytest.mark.parametrize("at", [13, 40, 150, len(V2) - 3])
+def test_flipped_byte_in_version_2_names_the_offset(at: int) -> None:
+    data = bytearray(V2)
+    data[at] ^= 0x10
+    with pytest.raises(PersistenceError, match=r"(damaged|truncated) at offset \d+") as info:
+        decode_snapshot(bytes(data), "backup.cdb")
+    offset = int(str(info.value).split("offset ")[1].split(":")[0].split(" ")[0])
+    assert offset <= at  # the record that holds the flipped byte, or the one before it
 
 
 @pytest.mark.parametrize("cut", [HEADER.size, HEADER.size + 1, len(GOOD) // 2, len(GOOD) - 1])
@@ -169,7 +199,7 @@ def test_pickle_file_is_refused_with_an_explanation(tmp_path: Path, protocol: in
     assert str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("version", [0, 2, 0xFFFF])
+@pytest.mark.parametrize("version", [0, 3, 0xFFFF])
 def test_wrong_version(version: int) -> None:
     with pytest.raises(PersistenceError, match="version"):
         decode_snapshot(build(GOOD[HEADER.size:], version=version))

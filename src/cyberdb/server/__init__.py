@@ -28,7 +28,7 @@ from .aof import AppendLog, Fsync, LogConfig
 from .background import run_in_child
 from .dedup import ReplyCache
 from .net import ServerConnection, ServerContext, parse_networks
-from .persist import encode_snapshot, read_snapshot, write_atomic
+from .persist import encode_snapshot, read_state, write_atomic
 from .store import Store
 
 __all__ = ["Server"]
@@ -172,9 +172,9 @@ class Server:
         """
         path = os.fspath(file_name)
         if self._loop is None:
-            _save(self._store, path)
+            _save(self._store, self._replies, path)
         else:
-            self._call_in_loop(lambda: run_in_child(lambda: _save(self._store, path), "saving")).result()
+            self._call_in_loop(lambda: run_in_child(lambda: _save(self._store, self._replies, path), "saving")).result()
         logger.info("saved %d tables to %s", len(self._store), path)
 
     def load_db(self, file_name: str = "data.cdb") -> None:
@@ -185,14 +185,16 @@ class Server:
         Raises:
             PersistenceError: the file is missing, unreadable, truncated, corrupted or not a CyberDB file.
         """
-        tables = read_snapshot(file_name)
+        state = read_state(file_name)
 
         def load() -> None:
-            self._store.load(tables)
+            self._store.load(state.tables, state.leases)
+            for client in state.clients:
+                self._replies.restore(*client)
             if self._log is not None:
                 self._log.reset()
         self._call_in_loop(load)
-        logger.info("loaded %d tables from %s", len(tables), file_name)
+        logger.info("loaded %d tables from %s", len(state.tables), file_name)
 
     # ---- running -----------------------------------------------------------------------------------------------
 
@@ -339,7 +341,7 @@ class Server:
             self.address = None
             if self._backup is not None:
                 try:
-                    _save(self._store, self._backup[0])
+                    _save(self._store, self._replies, self._backup[0])
                     logger.info("final backup written to %s", self._backup[0])
                 except PersistenceError as exc:  # shutdown goes on; the reason is logged
                     logger.error("final backup to %s failed: %s", self._backup[0], exc)
@@ -357,7 +359,7 @@ class Server:
             return
         path, loop = self._backup[0], self._loop
         self._backup_busy = True
-        future = run_in_child(lambda: _save(self._store, path), "backup")
+        future = run_in_child(lambda: _save(self._store, self._replies, path), "backup")
         future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._backup_done, path, f))
 
     def _backup_done(self, path: str, future: concurrent.futures.Future[None]) -> None:
@@ -398,8 +400,8 @@ class Server:
         root.setLevel(logging.DEBUG)
 
 
-def _save(store: Store, path: str) -> None:
-    write_atomic(path, encode_snapshot(store.dump()))
+def _save(store: Store, replies: ReplyCache, path: str) -> None:
+    write_atomic(path, encode_snapshot(store.dump(), list(replies.clients()), store.leases()))
 
 
 async def _drained(ctx: ServerContext, timeout: float) -> None:

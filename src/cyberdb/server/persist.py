@@ -1,13 +1,14 @@
 """The file formats: snapshots and the append-only log; versioned, checksummed, never pickle.  No sockets.
 
-Layout of a ``.cdb`` file (all integers big-endian)::
+Layout of a ``.cdb`` snapshot, format version 2 (all integers big-endian)::
 
-    magic  b"CYBERDB\\x00"  (8 bytes)
-    format version          (uint16)   currently 1
-    reserved                (uint16)   0
-    payload length          (uint64)
-    SHA-256 of the payload  (32 bytes)
-    payload                 codec-encoded [[name, "dict"|"list", content], ...]
+    magic  b"CYBERDB\\x00"  (8 bytes), format version (uint16) 2, reserved (uint16)
+    records as in the log below: TABLE ..., CLIENT ..., LEASES, then END [number of records before it]
+
+A snapshot thus carries the exactly-once reply cache and the lock leases too (a client re-sending a write
+across a clean restart gets its reply), and damage is reported with its offset.  Version 1 (still read):
+magic, version 1, reserved, payload length (uint64), SHA-256 of the payload (32 bytes), payload =
+codec-encoded ``[[name, "dict"|"list", content], ...]``.
 
 Writing goes to a temporary file in the same directory, is fsynced, then ``os.replace``d over the target, so a
 crash mid-save leaves the previous file intact.  Loading validates everything before anything is used and raises
@@ -48,23 +49,35 @@ from ..codec import decode_value, encode_array, encode_value
 from ..errors import PersistenceError, ProtocolError
 from .store import KIND_TYPES, MAX_NAME_LENGTH, Lease
 
-__all__ = ["LOG_HEADER", "Command", "LogScan", "RecordKind", "base_records", "command_record", "decode_snapshot",
-           "encode_snapshot", "frame_record", "parse_base", "parse_command", "read_snapshot", "scan_log",
-           "write_atomic"]
+__all__ = ["LOG_HEADER", "Command", "LogScan", "RecordKind", "State", "base_records", "command_record",
+           "decode_snapshot", "decode_state", "encode_snapshot", "frame_record", "parse_base", "parse_command",
+           "read_snapshot", "read_state", "scan_log", "write_atomic"]
 
 MAGIC = b"CYBERDB\x00"
-FORMAT_VERSION = 1
-_HEADER = struct.Struct("!8sHHQ32s")
+FORMAT_VERSION = 2
+_HEADER = struct.Struct("!8sHHQ32s")  # version 1
+_HEADER_V2 = struct.Struct("!8sHH")
 
 
-def encode_snapshot(tables: dict[str, Any]) -> bytes:
-    """Serialize all tables into the bytes of a snapshot file.
+@dataclass
+class State:
+    """What a snapshot or a log's base holds: tables, the reply cache's clients, lock leases."""
+
+    tables: dict[str, Any]
+    clients: list[Any]
+    leases: list[Lease]
+
+
+def encode_snapshot(tables: dict[str, Any], clients: Iterable[tuple[bytes, int, int, list[Any]]] = (),
+                    leases: list[Lease] | None = None) -> bytes:
+    """Serialize all tables (and the reply cache and leases) into the bytes of a snapshot file.
 
     Raises:
         PersistenceError: a value cannot be encoded (the server's checks should make this impossible).
     """
-    payload = encode_array([_encode_table(name, table) for name, table in tables.items()])
-    return _HEADER.pack(MAGIC, FORMAT_VERSION, 0, len(payload), hashlib.sha256(payload).digest()) + payload
+    records = list(base_records(tables, clients, leases or []))
+    records.append(frame_record(bytes((RecordKind.END,)) + encode_value(len(records))))
+    return _HEADER_V2.pack(MAGIC, FORMAT_VERSION, 0) + b"".join(records)
 
 
 def _encode_table(name: str, table: Any) -> bytes:
@@ -84,6 +97,55 @@ def decode_snapshot(data: bytes, source: str = "snapshot") -> dict[str, Any]:
     Raises:
         PersistenceError: not a CyberDB file, unknown version, truncated, corrupted, or malformed.
     """
+    return decode_state(data, source).tables
+
+
+def decode_state(data: bytes, source: str = "snapshot") -> State:
+    """Validate and decode snapshot bytes into tables, reply-cache clients and leases.
+
+    Raises:
+        PersistenceError: not a CyberDB file, unknown version, truncated, corrupted (naming the offset), or
+            malformed.
+    """
+    if len(data) >= _HEADER_V2.size and data.startswith(MAGIC) and _HEADER_V2.unpack_from(data)[1] == 2:
+        return _decode_v2(data, source)
+    return State(_decode_v1(data, source), [], [])
+
+
+def _decode_v2(data: bytes, source: str) -> State:
+    scan = _scan_records(data, _HEADER_V2.size, source)
+    if scan.torn:  # lenient for a log's last record, not for a file that was renamed into place whole
+        length, _crc, head_crc = _RECORD.unpack_from(data, scan.end) if scan.torn >= _RECORD.size else (0, 0, 0)
+        if zlib.crc32(data[scan.end:scan.end + 8]) == head_crc and scan.torn == _RECORD.size + length:
+            raise PersistenceError(f"{source} is damaged at offset {scan.end}: checksum mismatch in a "
+                                   f"{length}-byte record")
+    if scan.torn or not scan.records or scan.records[-1][1] is not RecordKind.END:
+        raise PersistenceError(f"{source} is truncated at offset {scan.end}: its end record is missing")
+    state = State({}, [], [])
+    for offset, kind, body in scan.records[:-1]:
+        where = f"{source} at offset {offset}"
+        if kind is RecordKind.TABLE:
+            name, content = parse_base(kind, bytes(body), where)
+            if name in state.tables:
+                raise PersistenceError(f"{where}: duplicate table name {name!r}")
+            state.tables[name] = content
+        elif kind is RecordKind.CLIENT:
+            state.clients.append(parse_base(kind, bytes(body), where))
+        elif kind is RecordKind.LEASES:
+            state.leases = parse_base(kind, bytes(body), where)
+        else:
+            raise PersistenceError(f"{where}: a {kind.name} record does not belong in a snapshot")
+    offset, _kind, body = scan.records[-1]
+    try:
+        count = decode_value(bytes(body[1:]))
+    except ProtocolError:
+        count = None
+    if count != len(scan.records) - 1:
+        raise PersistenceError(f"{source} is damaged at offset {offset}: the end record does not match")
+    return state
+
+
+def _decode_v1(data: bytes, source: str) -> dict[str, Any]:
     if len(data) < _HEADER.size and data and data[:len(MAGIC)] == MAGIC[:len(data)]:
         raise PersistenceError(f"{source} is truncated: {len(data)} bytes, shorter than the {_HEADER.size}-byte header")
     if len(data) < _HEADER.size or not data.startswith(MAGIC):
@@ -93,8 +155,8 @@ def decode_snapshot(data: bytes, source: str = "snapshot") -> dict[str, Any]:
                 "can run arbitrary code. Re-create the data with this version.")
         raise PersistenceError(f"{source} is not a CyberDB data file (bad header)")
     _magic, version, _reserved, length, digest = _HEADER.unpack_from(data)
-    if version != FORMAT_VERSION:
-        raise PersistenceError(f"{source} has format version {version}; this CyberDB reads version {FORMAT_VERSION}")
+    if version != 1:
+        raise PersistenceError(f"{source} has format version {version}; this CyberDB reads versions 1 and 2")
     payload = data[_HEADER.size:]
     if len(payload) < length:
         raise PersistenceError(f"{source} is truncated: {len(payload)} of {length} payload bytes present")
@@ -165,7 +227,16 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def read_snapshot(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and validate a snapshot file.
+    """Read and validate a snapshot file; return its tables.
+
+    Raises:
+        PersistenceError: the file cannot be read or is not valid.
+    """
+    return read_state(path).tables
+
+
+def read_state(path: str | os.PathLike[str]) -> State:
+    """Read and validate a snapshot file; return tables, reply-cache clients and leases.
 
     Raises:
         PersistenceError: the file cannot be read or is not valid.
@@ -176,7 +247,7 @@ def read_snapshot(path: str | os.PathLike[str]) -> dict[str, Any]:
             data = f.read()
     except OSError as exc:
         raise PersistenceError(f"could not read {path}: {exc}") from exc
-    return decode_snapshot(data, path)
+    return decode_state(data, path)
 
 
 # ---- the append-only log ---------------------------------------------------------------------------------------
@@ -197,6 +268,7 @@ class RecordKind(enum.IntEnum):
     TABLE = 2
     CLIENT = 3
     LEASES = 4
+    END = 5  # a snapshot's last record: the number of records before it
 
 
 _COMMAND_KIND = int(RecordKind.COMMAND)
@@ -305,9 +377,17 @@ def scan_log(data: bytes, source: str = "log") -> LogScan:
     version = int.from_bytes(data[8:10], "big")
     if version != LOG_VERSION:
         raise PersistenceError(f"{source} has log format version {version}; this CyberDB reads {LOG_VERSION}")
+    scan = _scan_records(data, len(LOG_HEADER), source)
+    for offset, kind, _body in scan.records:
+        if kind is RecordKind.END:
+            raise PersistenceError(f"{source} is damaged at offset {offset}: an END record in a log")
+    return scan
+
+
+def _scan_records(data: bytes, offset: int, source: str) -> LogScan:
     view = memoryview(data)
     records: list[tuple[int, RecordKind, memoryview]] = []
-    offset, size = len(LOG_HEADER), len(data)
+    size = len(data)
     while offset < size:
         if size - offset < _RECORD.size:
             return LogScan(records, offset, size - offset)
