@@ -1,4 +1,8 @@
-"""The ``cyberdb`` console script: ``cyberdb serve ...`` runs a server in the foreground.  Only parses and calls."""
+"""The ``cyberdb`` console script.  Only parses and calls.
+
+``cyberdb serve ...`` runs a server in the foreground; ``cyberdb check FILE`` and ``cyberdb dump FILE`` inspect a
+snapshot or an append-only log (see :mod:`cyberdb.server.inspect`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,33 @@ import sys
 
 from .errors import PersistenceError
 from .server import Server
+from .server.inspect import inspect_file
+
+_CHECK_HELP = """\
+Verify a snapshot (.cdb) or an append-only log (.aof), told apart by its magic bytes, exactly as the server
+loads it (a log is replayed into an empty store), and print its kind, format version, size, a log's records,
+and the state it loads to: tables with their kind, item count and encoded size, reply-cache clients, locks.
+Exit status: 0 if the file is whole; also 0 when only a log's last record is torn (a crash while writing it),
+reported by a "warning: torn last record: N bytes at offset X would be dropped" line, since the server loads
+such a log after dropping those bytes; 1 if the file is damaged, unreadable or not a CyberDB file (a pickle of
+cyberdb 0.9.x included): the server's error message goes to stderr and names the offset of the damage (a
+version-1 snapshot has only one checksum for everything)."""
+_DUMP_HELP = """\
+Write a snapshot or log as JSON lines on stdout after checking it as "check" does (a damaged file writes
+nothing and exits 1; a log's torn last record is left out, with a warning on stderr).
+A snapshot: its state, one line per table {"record": "table", "table": name, "kind": "dict"|"list",
+"content": ...}, one per client of the reply cache {"record": "client", "client": id in hex, "ack", "floor",
+"replies": count}, then {"record": "leases", "leases": [{"lock", "token", "deadline" (ISO 8601 UTC),
+"unix_deadline"}, ...]}.  With --state, a log is written the same way: the state it loads to.
+A log: its records in order, each with its "offset": the three kinds above (the log's base) and
+{"record": "command", "time" (ISO 8601 UTC), "unix_time", "client" (hex; zeros: anonymous), "request", "ack",
+"command": e.g. "dict.setitem", "args": [...] as the request carried them (batch steps keep command ids)}.
+Values: null, bools, strs, lists, ints below 2**53 and finite floats (always with a fraction or an exponent)
+are plain JSON; other values are one-key objects: {"$int": "digits"}, {"$float": "nan"|"inf"|"-inf"},
+{"$bytes": base64}, {"$tuple"|"$set"|"$frozenset": [...]}, {"$decimal": "1.10"}, {"$datetime"|"$date"|"$time":
+ISO 8601}, {"$timedelta": [days, seconds, microseconds]}, {"$uuid": "..."}, {"$complex": [real, imag]}; a dict
+is a JSON object only if its keys are strs none of which starts with "$", else {"$dict": [[key, value], ...]},
+so an object with a "$" key is always a tag. cyberdb.server.inspect.from_json(json.loads(line)) reads it back."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--whitelist", nargs="*", metavar="IP_OR_CIDR")
     serve.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                        help="event loop (auto: uvloop if installed)")
+    check = sub.add_parser("check", help="verify a snapshot or append-only log and summarise it",
+                           description=_CHECK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    check.add_argument("file")
+    dump = sub.add_parser("dump", help="write a snapshot or append-only log as JSON lines",
+                          description=_DUMP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    dump.add_argument("file")
+    dump.add_argument("--state", action="store_true", help="for a log: the state it loads to, not its records")
     args = parser.parse_args(argv)
+    if args.command in ("check", "dump"):
+        return _inspect(args.command, args.file, args.state if args.command == "dump" else False)
 
     db = Server(event_loop=args.loop)
     try:
@@ -53,5 +93,25 @@ def main(argv: list[str] | None = None) -> int:
                timeout=args.timeout, print_log=args.log, encrypt=args.encrypt)
     except (OSError, ValueError, PersistenceError) as exc:
         print(f"cyberdb: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _inspect(command: str, path: str, state: bool) -> int:
+    try:
+        report = inspect_file(path)
+        if command == "check":
+            for line in report.lines():
+                print(line)
+            return 0
+        if report.torn:
+            print(f"cyberdb: warning: {path}: {report.torn_warning()}", file=sys.stderr)
+        for line in report.dump(state=state):
+            print(line)
+    except PersistenceError as exc:
+        print(f"cyberdb: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `cyberdb dump FILE | head`: stop quietly, and keep the exit flush from failing too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return 0
