@@ -258,7 +258,7 @@ def test_a_failed_reconnect_leaves_the_proxy_connected(tmp_path: Path, name: str
     port = free_port()
     srv = ServerProcess(port=port)
     try:
-        client = srv.connect()
+        client = srv.connect(retry=cyberdb.Retry(timeout=0.5))  # not the 30 s that wait out a restart
         with client.get_proxy() as proxy:
             lst = proxy.create_cyberlist(name, [1])
             srv.stop()

@@ -4,7 +4,9 @@ A :class:`Proxy` is the immediate executor of the table layer (see :mod:`cyberdb
 at once.  Every request gets a number from its :class:`Client` (which has a random 16-byte id per process),
 so a request re-sent on a new connection after a lost reply keeps its number and the server answers it from
 its reply cache instead of running it twice; that is why *every* command, read or write, is retried across a
-reconnect, and ``ConnectionLostError`` means the retry budget is spent.
+reconnect.  The retries ride out a server restart: for ``Retry.timeout`` seconds (30 by default) a request
+whose connection broke, and ``proxy.connect()``, keep asking with backoff (see :mod:`cyberdb.retry`);
+``ConnectionLostError`` means that budget is spent.
 
 A client is safe to share between threads and greenlets and across ``fork()``: a forked child gets its own
 client id, request numbers and lock, and its pool never touches the parent's sockets.
@@ -25,9 +27,10 @@ from . import protocol
 from .codec import encode_value
 from .commands import BY_NAME, CommandSpec
 from .connection import HAVE_FORK_HOOK as _HAVE_FORK_HOOK
-from .connection import Connection, ConnectionPool, Raw
+from .connection import Connection, ConnectionPool, Raw, unreachable
 from .connection import forks as _forks
 from .errors import (
+    ConnectionError,
     ConnectionLostError,
     CyberDBError,
     DisconnectedError,
@@ -154,7 +157,8 @@ def connect(host: str = "127.0.0.1", port: int = 9980, password: str | None = No
     Raises:
         AuthenticationError: wrong password.
         EncryptionMismatchError: ``encrypt`` differs from the server's.
-        ConnectionError: the server cannot be reached or refused the connection.
+        ConnectionError: the server cannot be reached or refused the connection (at once: this settings check
+            does not wait out a restart, unlike ``proxy.connect()`` and every call afterwards).
     """
     client = Client(host, port, password, encrypt, time_out, **options)
     client.pool.release(client.pool.get())
@@ -173,9 +177,17 @@ class Proxy(SyncExecutor):
         return f"<Proxy {'CONNECTED' if self._conn else 'CLOSED'} {self._client.host}:{self._client.port}>"
 
     def connect(self) -> None:
-        """Take a connection from the pool (a no-op if this proxy already holds one)."""
+        """Take a connection from the pool (a no-op if this proxy already holds one).
+
+        While the server cannot be reached (down, restarting) this asks again with backoff for up to
+        ``Retry.timeout`` seconds.
+
+        Raises:
+            ConnectionError: still no connection when the retry budget was spent, or the server refused it.
+            PoolTimeoutError: the pool is full and nothing was released in time.
+        """
         if self._conn is None:
-            self._conn = self._client.pool.get()
+            self._conn = self._dial(None)
 
     def close(self) -> None:
         """Give the connection back to the pool; tables made by this proxy stop working until ``connect()``."""
@@ -201,11 +213,12 @@ class Proxy(SyncExecutor):
         payload = encode_value(args)
         client = self._client
         req_id, ack = client._begin()
-        attempt = 0
+        budget: _Budget | None = None  # made at the first failure: the fast path pays nothing for it
         try:
             while True:
                 if conn.broken or conn.forks != _forks[0] or not _HAVE_FORK_HOOK and conn.pid != os.getpid():
-                    conn = self._replace(conn)  # broken earlier, or the parent's socket after a fork
+                    budget = budget or _Budget(client, spec.name, ConnectionLostError)
+                    conn = self._replace(conn, budget)  # broken earlier, or the parent's socket after a fork
                     ack = client._ack()
                 try:
                     result = conn.call(spec.op, payload, req_id, ack)
@@ -215,8 +228,7 @@ class Proxy(SyncExecutor):
                         client.known_tables.pop(args[0], None)
                     raise
                 except (ConnectionLostError, TimeoutError) as exc:
-                    self._before_retry(conn, spec, attempt, exc)
-                    attempt += 1
+                    budget = self._before_retry(conn, spec, budget, exc)
         finally:
             client._end(req_id)
         if shape is SPEC_REPLY:
@@ -238,36 +250,45 @@ class Proxy(SyncExecutor):
         first, ack = client._begin(len(requests))
         numbered = [(first + i, op, payload) for i, (op, payload) in enumerate(requests)]
         out: list[Raw] = []
-        attempt = 0
+        budget: _Budget | None = None
         try:
             while True:
                 if conn.broken or conn.forks != _forks[0] or not _HAVE_FORK_HOOK and conn.pid != os.getpid():
-                    conn = self._replace(conn)
+                    budget = budget or _Budget(client, _DB_BATCH.name, ConnectionLostError)
+                    conn = self._replace(conn, budget)
                     ack = client._ack()
                 try:
                     conn.call_many(numbered[len(out):], ack, out)
                     return out
                 except (ConnectionLostError, TimeoutError) as exc:
-                    self._before_retry(conn, _DB_BATCH, attempt, exc)
-                    attempt += 1
+                    budget = self._before_retry(conn, _DB_BATCH, budget, exc)
         finally:
             client._end(first, len(requests))
 
-    def _before_retry(self, conn: Connection, spec: CommandSpec, attempt: int, exc: CyberDBError) -> None:
-        """Wait before re-sending after ``exc``, or re-raise it (an error the server sent, or no retries left)."""
+    def _before_retry(self, conn: Connection, spec: CommandSpec, budget: _Budget | None,
+                      exc: CyberDBError) -> _Budget:
+        """Wait before re-sending after ``exc``; re-raise it if the server sent it; raise once the budget is spent."""
         if not conn.broken or isinstance(exc, PoolTimeoutError):
             raise exc  # the server answered (e.g. "outcome unknown"): re-sending cannot help
-        delay = self._client.retry.next_delay(attempt, exc)
-        if delay is None:
-            raise exc
-        logger.info("re-sending %s after a lost connection: %s", spec.name, exc)
-        if delay:
-            time.sleep(delay)
+        budget = budget or _Budget(self._client, spec.name, ConnectionLostError)
+        budget.wait(exc)
+        return budget
 
-    def _replace(self, old: Connection) -> Connection:
-        # if no new connection can be made this raises and the proxy keeps the broken one: still connected,
-        # and the next call tries again
-        new = self._client.pool.get()
+    def _dial(self, budget: _Budget | None) -> Connection:
+        """A connection from the pool; while the server cannot be reached, ask again within the retry budget."""
+        while True:
+            try:
+                return self._client.pool.get()
+            except CyberDBError as exc:
+                if not unreachable(exc):
+                    raise  # wrong password, refused by the server, protocol error, full pool
+                budget = budget or _Budget(self._client, "connect", ConnectionError)
+                budget.wait(exc)  # (outside the pool's lock: pool.get() holds it only to take or count)
+
+    def _replace(self, old: Connection, budget: _Budget) -> Connection:
+        # if no new connection can be made in the budget this raises and the proxy keeps the broken one: still
+        # connected, and the next call tries again
+        new = self._dial(budget)
         self._conn = new
         self._client.pool.release(old)  # closes it (and frees its slot if it is this process's)
         return new
@@ -385,6 +406,37 @@ class Proxy(SyncExecutor):
         if type(table_name) is str:
             self._client.known_tables.pop(table_name, None)
         self.call(_DB_DELETE, [table_name])
+
+
+class _Budget:
+    """The retries of one request (or ``connect``): ``Retry`` decides whether and how long, this waits.
+
+    The clock starts at the first failure and runs across re-sends and reconnects alike (time.sleep is
+    cooperative under gevent's monkey-patching).
+    """
+
+    __slots__ = ("_attempt", "_client", "_error", "_started", "_what")
+
+    def __init__(self, client: Client, what: str, error: type[ConnectionError]) -> None:
+        self._client, self._what, self._error = client, what, error
+        self._attempt = 0
+        self._started = time.monotonic()
+
+    def wait(self, exc: CyberDBError) -> None:
+        """Sleep before the next try after ``exc``, or raise ``error`` (from ``exc``) if the budget is spent."""
+        client = self._client
+        elapsed = time.monotonic() - self._started
+        delay = client.retry.next_delay(self._attempt, exc, elapsed)
+        if delay is None:
+            raise self._error(
+                f"{self._what}: no answer from CyberDB at {client.host}:{client.port} after retrying for "
+                f"{elapsed:.2f} s ({self._attempt} retries, {client.retry!r}); last error: {exc}") from exc
+        if self._attempt == 0:
+            logger.info("%s: CyberDB at %s:%s unreachable, retrying for up to %s s: %s", self._what, client.host,
+                        client.port, client.retry.timeout, exc)
+        self._attempt += 1
+        if delay:
+            time.sleep(delay)
 
 
 def _as_dict(content: Any) -> dict[Any, Any]:

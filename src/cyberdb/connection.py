@@ -24,12 +24,13 @@ from .errors import (
     CyberDBError,
     PoolTimeoutError,
     ProtocolError,
+    TimeoutError,
     error_from_code,
     map_errors,
     os_error,
 )
 
-__all__ = ["Connection", "ConnectionPool", "reply_error"]
+__all__ = ["Connection", "ConnectionPool", "reply_error", "unreachable"]
 
 # Bumped in a child after fork(): comparing an int per call is cheaper than os.getpid() (a system call).
 forks = [0]
@@ -85,9 +86,9 @@ class Connection:
             sock.sendall(session.start())
             while not session.ready:
                 data = sock.recv(_RECV_SIZE)
-                if not data:
-                    raise ConnectionError(f"{self.host}:{self.port} closed the connection during the handshake "
-                                          "(is it a CyberDB server?)")
+                if not data:  # e.g. a server shutting down, or restarting (see unreachable())
+                    raise ConnectionLostError(f"{self.host}:{self.port} closed the connection during the "
+                                              "handshake (is it a CyberDB server?)")
                 session.feed(data)
                 out = session.handshake()
                 if out:
@@ -296,6 +297,21 @@ class ConnectionPool:
             self._available.notify_all()
         for conn in idle:
             conn.close()
+
+
+def unreachable(exc: BaseException) -> bool:
+    """True if making a connection failed in the transport, as it does while the server is down or restarting.
+
+    That is: the connection was refused or timed out (a ``ConnectionError`` raised from the ``OSError``), or it
+    broke or hit EOF during the handshake (``ConnectionLostError``, ``TimeoutError``).  Worth trying again.
+    False for what the server said (wrong password, ``encrypt`` mismatch, whitelist, ``max_con``: a plain
+    ``ConnectionError`` of the session), a ``ProtocolError`` and a ``PoolTimeoutError``: trying again cannot help.
+    """
+    if isinstance(exc, PoolTimeoutError):
+        return False
+    if isinstance(exc, (ConnectionLostError, TimeoutError)):
+        return True
+    return type(exc) is ConnectionError and isinstance(exc.__cause__, OSError)
 
 
 def reply_error(status: int, payload: bytes) -> BaseException:
