@@ -6,7 +6,10 @@ Supported, nested freely, and decoded to the same type and value: ``None``, ``bo
 Subclasses (``IntEnum``, ``OrderedDict``, ...) are refused with ``TypeError`` rather than silently changed.
 Timezones survive as fixed UTC offsets (a ``zoneinfo`` zone comes back as the offset it had); ``fold`` is not
 kept.  ``bytearray`` and ``memoryview`` are stored as ``bytes``.  Ints beyond 64 bits may have up to
-``MAX_BIGINT_BYTES`` bytes; containers nest as deep as msgpack allows (a few hundred levels).  msgpack's own
+``MAX_BIGINT_BYTES`` bytes.  Containers (list, tuple, set, frozenset, dict: one level each) nest at most
+``MAX_DEPTH`` levels in a write's arguments (their list counting one) and in a stored table (the table counting
+one): the server refuses deeper arguments with ``TypeError`` and a write at a path that would nest its table
+deeper with ``ValueError``; the encoder refuses what msgpack itself cannot pack.  msgpack's own
 ``ExtType``/``Timestamp`` objects are not values: the encoder cannot refuse them, and the server closes a
 connection that sends an unknown extension type.
 
@@ -16,23 +19,33 @@ connection that sends an unknown extension type.
 from __future__ import annotations
 
 import datetime as _dt
+import operator
 import struct
 import threading
 import uuid
+from collections.abc import Collection
 from decimal import Decimal
+from itertools import chain, compress, repeat
 from typing import Any
 
 import msgpack
 
 from .errors import ProtocolError
 
-__all__ = ["decode_value", "encode_array", "encode_value"]
+__all__ = ["MAX_DEPTH", "decode_value", "depth_exceeds", "encode_array", "encode_value"]
 
 # Extension type codes: part of the protocol and of the file format, never renumber.
 _TUPLE, _SET, _FROZENSET, _BIGINT, _DATETIME, _DATE, _TIME, _TIMEDELTA, _DECIMAL, _UUID, _COMPLEX = range(1, 12)
 MAX_BIGINT_BYTES = 4096  # ints beyond 64 bits up to 2**32767: larger ones make comparisons quadratic (Decimal)
 _COMPLEX_STRUCT = struct.Struct("!dd")
 _TIMEDELTA_STRUCT = struct.Struct("!qqq")
+# msgpack < 1.2 packs at most 511 nested containers (1.2 raised that to 1024); every version unpacks 1024.  A
+# table may hold what a request can carry, and a reply may wrap a table's values one level deeper (items()
+# pairs, a list's snapshot), so 500 keeps everything the server accepts encodable, for replies and snapshots,
+# with any supported msgpack (and comparable within Python's default recursion limit).
+MAX_DEPTH = 500
+_CONTAINERS = frozenset({list, tuple, set, frozenset, dict})
+_is_container = _CONTAINERS.__contains__
 
 # A tuple, set or frozenset travels as a msgpack array whose first element is an empty extension value of its
 # kind: (1, 2) -> [ext(TUPLE), 1, 2].  The whole value is then one msgpack call each way, so msgpack's own
@@ -202,6 +215,38 @@ def decode_value(data: bytes) -> Any:
         return _unpackb(data)
     except Exception as exc:  # untrusted input: every failure means "malformed", never a crash
         raise ProtocolError(f"malformed value: {type(exc).__name__}: {exc}") from None
+
+
+def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``value`` nests containers more than ``limit`` levels deep.
+
+    A list, tuple, set, frozenset or dict counts one level, as in msgpack (a tuple travels as one array).  It
+    walks level by level with C-speed passes instead of a Python call per item: a flat list of a million ints
+    costs one ``set(map(type, ...))``, and only containers holding containers are looked into.  Never recurses.
+    """
+    kind = type(value)
+    if kind not in _CONTAINERS:
+        return False
+    if limit < 1:
+        return True
+    # `level` holds the items inside depth + 1 containers; a container among them nests depth + 2 deep
+    level: Collection[Any] = [*value, *value.values()] if kind is dict else value
+    for _depth in range(limit - 1):
+        kinds = set(map(type, level))
+        if kinds.isdisjoint(_CONTAINERS):
+            return False
+        if not kinds <= _CONTAINERS:
+            level = list(compress(level, map(_is_container, map(type, level))))
+            kinds &= _CONTAINERS
+        if dict in kinds:
+            dicts = level if len(kinds) == 1 else list(compress(level, map(operator.is_, map(type, level),
+                                                                            repeat(dict))))
+            level = [*chain.from_iterable(level), *chain.from_iterable(map(dict.values, dicts))]  # keys, values
+        elif len(level) == 1:
+            level = next(iter(level))  # the items of one container: no copy
+        else:
+            level = list(chain.from_iterable(level))
+    return not _CONTAINERS.isdisjoint(map(type, level))
 
 
 def encode_array(parts: list[bytes]) -> bytes:
