@@ -319,12 +319,11 @@ class AppendLog:
         self._synced = max(self._synced, target)
         if self.config.fsync is not Fsync.ALWAYS:
             return
-        if self.error is not None and not self._buffer:
-            self._recovered()  # releases, and syncs what was written meanwhile
-            return
         self._acked = max(self._acked, self._synced)
         self._release()
-        if self.error is None and self._written > self._synced:
+        if self.error is not None and not self._buffer:
+            self._recovered()  # and syncs what was written meanwhile
+        elif self.error is None:
             self._start_fsync()
 
     def _every_second(self) -> None:

@@ -108,7 +108,8 @@ class ReplyCache:
     def clients(self) -> Iterator[tuple[bytes, int, int, list[Any]]]:
         """Each client's id, ack, floor and unacknowledged replies ``[[request id, status, payload], ...]``."""
         for client_id, rec in self._clients.items():
-            replies = [[req_id, status, payload] for req_id, (status, payload) in rec.replies.items()
+            # bytes(): a batch's reply is a bytes subclass (store.Encoded), which the codec refuses
+            replies = [[req_id, status, bytes(payload)] for req_id, (status, payload) in rec.replies.items()
                        if req_id >= rec.ack]
             yield client_id, rec.ack, rec.floor, replies
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from .. import protocol
-from ..codec import decode_value
+from ..codec import MAX_DEPTH, decode_value, depth_exceeds
 from ..commands import BY_ID
 from ..errors import AuthenticationError, PersistenceError, ProtocolError, error_code
 from ..protocol import ANONYMOUS
@@ -265,15 +265,19 @@ class ServerConnection(asyncio.Protocol):
         args = decode_value(payload)
         if type(args) is not list:
             raise ProtocolError("request arguments are not an array")
+        if len(payload) > MAX_DEPTH and not spec.readonly and depth_exceeds(args):  # (a level costs a byte)
+            # a data error, not a broken protocol: msgpack >= 1.2 lets our own client encode this deep
+            exc = TypeError(f"{spec.name}: values nest at most {MAX_DEPTH} containers deep, counting the arguments")
+            return session.reply(req_id, error_code(exc), encode_error(exc, spec.name))
         if self._log:
             logger.debug("%s %s %r", self._peer, spec.name, args[:1])
         if spec.readonly:  # a read simply runs again when re-sent
             return session.reply(req_id, *self._store.outcome(spec, args))
-        self._wrote = True
         log, client = self._ctx.log, self._client
         if client is None:
             if log is not None and log.refuses(spec, args):
                 return session.reply(req_id, *refused(log))
+            self._wrote = True  # its reply waits until the log has the write (see _send)
             return session.reply(req_id, *self._store.outcome(spec, args, True, (ANONYMOUS, req_id, ack, payload)))
         # ClientRecord.lookup/remember, inlined: this runs for every write
         if ack > client.ack:
@@ -290,4 +294,5 @@ class ServerConnection(asyncio.Protocol):
                 client.prune(self._ctx.replies.max_per_client)
         elif self._log:
             logger.debug("%s request %d answered from the reply cache", self._peer, req_id)
+        self._wrote = True  # its reply waits until the log has the write (a cached one's too; see _send)
         return session.reply(req_id, *reply)

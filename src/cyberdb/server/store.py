@@ -4,8 +4,10 @@
 command is atomic with respect to every other.  Only the commands of :mod:`cyberdb.commands` can run: a spec
 with ``method`` calls that builtin ``dict``/``list`` method, the others call the function of this module
 registered under the spec's name in ``_HANDLERS``.  A command at a path runs on the dict or list found by
-walking the path inside its table.  ``outcome()`` turns a command's result or error into the status and
-payload of its reply, the one place where that happens (replies, batches and the reply cache use it).
+walking the path inside its table; a write there may not nest the table deeper than ``codec.MAX_DEPTH``
+(the network layer refuses deeper arguments, so only a path adds depth).  ``outcome()`` turns a command's result
+or error into the status and payload of its reply, the one place where that happens (replies, batches and the
+reply cache use it).
 
 The store's interface, for the server and for persistence: ``load()``, ``dump()``, ``leases()``,
 ``execute()``, ``outcome()``, and one write hook, ``on_write(spec, args, origin)``, called after every write
@@ -24,7 +26,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from ..codec import MAX_BIGINT_BYTES, decode_value, encode_value
+from ..codec import MAX_BIGINT_BYTES, MAX_DEPTH, decode_value, depth_exceeds, encode_value
 from ..commands import BY_ID, COMMANDS, DICT, LIST, MAX_PATH, PATH_BASE, CommandSpec, twin
 from ..errors import (
     LockLostError,
@@ -100,7 +102,7 @@ class Store:
         return [(name, token, deadline) for name, (token, deadline) in self._locks.items() if deadline > now]
 
     def now(self) -> float:
-        """Seconds since the epoch: the wall clock, or the time a replayed write first ran."""
+        """Seconds since the epoch: the wall clock, or the instant of the write being logged or replayed."""
         pinned = self.pinned_time
         return time.time() if pinned is None else pinned
 
@@ -114,14 +116,7 @@ class Store:
         """
         if spec.readonly or self.on_write is None:
             return self.apply(spec, args)
-        try:
-            result = self.apply(spec, args)
-        except BaseException:
-            if spec.op != _BATCH_OP:  # a batch that raised was rolled back: nothing to log
-                self.on_write(spec, args, None)
-            raise
-        self.on_write(spec, args, None)
-        return result
+        return self._logged(spec, args, None)
 
     def outcome(self, spec: CommandSpec, args: list[Any], hook: bool = True,
                 origin: Origin | None = None) -> tuple[int, bytes]:
@@ -131,19 +126,32 @@ class Store:
         to the write hook.
         """
         try:
-            ran = False
-            try:
+            if not hook or spec.readonly or self.on_write is None:
                 result = self.apply(spec, args)
-                ran = True
-            finally:  # a batch that raised was rolled back: nothing to log
-                if hook and not spec.readonly and self.on_write is not None and (ran or spec.op != _BATCH_OP):
-                    self.on_write(spec, args, origin)
+            else:
+                result = self._logged(spec, args, origin)
             body = result if type(result) is Encoded else encode_value(result)
             if len(body) > _MAX_REPLY_PAYLOAD:
                 raise ValueError(f"the reply of {len(body)} bytes exceeds the frame limit")
         except Exception as exc:  # a data error goes back to the client; the connection stays usable
             return error_code(exc), encode_error(exc, spec.name)
         return STATUS_OK, body
+
+    def _logged(self, spec: CommandSpec, args: list[Any], origin: Origin | None) -> Any:
+        # the write runs at one instant (leases, tokens), which the hook logs with it: a replay pins the same
+        assert self.on_write is not None
+        self.pinned_time = time.time()
+        ran = False
+        try:
+            result = self.apply(spec, args)
+            ran = True
+        finally:
+            try:
+                if ran or spec.op != _BATCH_OP:  # a batch that raised was rolled back: nothing to log
+                    self.on_write(spec, args, origin)
+            finally:
+                self.pinned_time = None
+        return result
 
     # ---- execution ---------------------------------------------------------------------------------------------
 
@@ -181,6 +189,11 @@ class Store:
         _kind_type, low, high, fn, is_method = _PLANS[inner.op]
         if not low <= len(args) - 2 <= high:
             _check_arity(inner, len(args) - 2)
+        # the table must stay encodable (replies, snapshots): the target lies len(path) + 1 levels deep, and the
+        # list `args[2:]` stands for its level
+        if not spec.readonly and len(args) > 2 and depth_exceeds(args[2:], MAX_DEPTH - len(args[1])):
+            raise ValueError(f"this write would nest table {name!r} deeper than the limit of {MAX_DEPTH} "
+                             f"containers ({len(args[1])} levels of path plus the value's own)")
         return fn(target, *args[2:]) if is_method else fn(self, target, name, *args[2:])
 
     def table(self, name: Any, kind: str) -> Any:
