@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import math
 import os
 import pickle
+import resource
 import struct
 import threading
 import time
@@ -521,6 +523,29 @@ def test_set_backup_writes_periodically(start: Callable[..., cyberdb.Server], tm
         wait_for(lambda: snapshot_or_none(path) == {"t": {"n": 0}}, "the first backup")
         table["n"] = 1  # a later cycle must pick up the change: the backup is periodic, not one-shot
         wait_for(lambda: snapshot_or_none(path) == {"t": {"n": 1}}, "a later backup")
+
+
+def test_a_failed_backup_is_logged_keeps_the_previous_file_and_is_retried(
+        start: Callable[..., cyberdb.Server], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # RLIMIT_FSIZE (inherited by the child that writes the backup) makes the write fail with EFBIG
+    path = tmp_path / "backup.cdb"
+    db = start()
+    with proxy_of(db) as proxy:
+        table = proxy.create_cyberdict("t", {"n": "small"})
+        db.set_backup(str(path), cycle=0.1)
+        wait_for(lambda: snapshot_or_none(path) == {"t": {"n": "small"}}, "the first backup")
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        caplog.set_level(logging.ERROR, logger="cyberdb")
+        try:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 1000, hard))
+            table["n"] = "large" * 10_000
+            wait_for(lambda: "backup to" in caplog.text, "a failed backup to be logged")
+            assert "failed (the previous file is kept; retried next cycle)" in caplog.text
+            assert read_snapshot(path) == {"t": {"n": "small"}}
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        wait_for(lambda: snapshot_or_none(path) == {"t": {"n": "large" * 10_000}}, "the next cycle's backup")
+    assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
 
 
 def test_stop_writes_a_final_backup(tmp_path: Path) -> None:
