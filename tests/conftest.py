@@ -1,7 +1,8 @@
-"""Fixtures that start real CyberDB servers (separate processes) on free loopback ports.
+"""Fixtures and helpers that start real CyberDB servers on free loopback ports, in their own processes or in this one.
 
 A server process is started with ``python -m cyberdb serve``, waited for by connecting to it (never by
-sleeping), and stopped by PID in a finalizer (SIGTERM, then SIGKILL).
+sleeping), and stopped by PID in a finalizer (SIGTERM, then SIGKILL).  An in-process ``cyberdb.Server`` listens
+once ``start()`` returns, always with ``PASSWORD``, and is stopped when its test (or ``with`` block) ends.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,6 +104,67 @@ class ServerProcess:
         options: dict[str, object] = {"password": self.password, "encrypt": self.encrypt}
         options.update(kwargs)
         return cyberdb.connect(self.host, self.port, **options)  # type: ignore[arg-type]
+
+
+def kill_by_pid(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL a child process by PID unless it exited, reap it and close its pipes."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def client_of(server: cyberdb.Server | ServerProcess, **options: Any) -> cyberdb.Client:
+    """A new client of a server process (its password and encryption) or of a running in-process server."""
+    if isinstance(server, ServerProcess):
+        return server.connect(**options)
+    assert server.port is not None, "the in-process server is not running"
+    return cyberdb.connect("127.0.0.1", server.port, password=PASSWORD, **options)
+
+
+@contextmanager
+def proxy_of(server: cyberdb.Server | ServerProcess, **options: Any) -> Iterator[cyberdb.Proxy]:
+    """A connected proxy of a new client of ``server`` (see ``client_of``); both closed afterwards."""
+    client = client_of(server, **options)
+    try:
+        with client.get_proxy() as proxy:
+            yield proxy
+    finally:
+        client.close()
+
+
+@contextmanager
+def serving(log: Path | None = None, fsync: str = "always", db: cyberdb.Server | None = None,
+            **log_options: Any) -> Iterator[tuple[cyberdb.Server, cyberdb.Client]]:
+    """An in-process server (``db``, or a new one), with an append-only log when ``log`` is given, and a client of
+    it; both closed afterwards."""
+    db = cyberdb.Server() if db is None else db
+    if log is not None:
+        db.set_append_log(str(log), fsync=fsync, **log_options)
+    db.start(port=0, password=PASSWORD)
+    try:
+        client = client_of(db)
+        try:
+            yield db, client
+        finally:
+            client.close()
+    finally:
+        db.stop()
+
+
+@pytest.fixture
+def in_process(request: pytest.FixtureRequest) -> Callable[..., cyberdb.Server]:
+    """Start a Server (``db``, or a new one) in this process on a free port; it is stopped when the test ends."""
+
+    def start(db: cyberdb.Server | None = None) -> cyberdb.Server:
+        db = cyberdb.Server() if db is None else db
+        db.start(port=0, password=PASSWORD)
+        request.addfinalizer(db.stop)
+        return db
+
+    return start
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "encrypted"])

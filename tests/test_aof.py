@@ -12,13 +12,12 @@ import resource
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ServerProcess
+from conftest import ServerProcess, client_of, proxy_of, serving
 from relay import Relay
 
 import cyberdb
@@ -37,36 +36,11 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) 
         time.sleep(0.005)
 
 
-@contextmanager
-def serving(log: Path, fsync: str = "always", **options: Any) -> Iterator[tuple[cyberdb.Server, cyberdb.Client]]:
-    """An in-process server with an append-only log, and a client of it; both closed afterwards."""
-    db = cyberdb.Server()
-    db.set_append_log(str(log), fsync=fsync, **options)
-    db.start(port=0)
-    client = cyberdb.connect(port=db.port)
-    try:
-        yield db, client
-    finally:
-        client.close()
-        db.stop()
-
-
 def contents(log: Path) -> dict[str, Any]:
     """The tables a fresh server loads from ``log``."""
     with serving(log) as (_db, client), client.get_proxy() as proxy:
         return {name: (proxy.get_cyberdict(name).todict() if kind == "CyberDict" else
                        proxy.get_cyberlist(name).tolist()) for name, kind in proxy.tables().items()}
-
-
-@contextmanager
-def proxy_of(srv: ServerProcess, **options: Any) -> Iterator[cyberdb.Proxy]:
-    """A connected proxy of a new client of ``srv``; both closed afterwards."""
-    client = srv.connect(**options)
-    try:
-        with client.get_proxy() as proxy:
-            yield proxy
-    finally:
-        client.close()
 
 
 class Writers:
@@ -273,27 +247,27 @@ def test_fsync_always_shares_one_fsync_among_writes_that_arrive_together(tmp_pat
     assert 0 < used < per_thread * threads / 2, f"{used} fsyncs for {per_thread * threads} writes"
 
 
-def test_fsync_everysec_syncs_about_once_a_second(tmp_path: Path, fsyncs: list[float]) -> None:
-    with serving(tmp_path / "e.aof", "everysec") as (_db, client), client.get_proxy() as proxy:
+def fsyncs_while_writing(log: Path, fsync: str, seconds: float, fsyncs: list[float]) -> tuple[int, float, int]:
+    """Write ``d[i] = i`` one at a time for ``seconds`` to a server logging with ``fsync``; return the fsyncs made
+    meanwhile (counted before the server stops), the seconds taken and the writes made."""
+    with serving(log, fsync) as (_db, client), client.get_proxy() as proxy:
         d = proxy.create_cyberdict("d")
         start, before = time.monotonic(), len(fsyncs)
         i = 0
-        while time.monotonic() - start < 2.5:
+        while time.monotonic() - start < seconds:
             d[i] = i
             i += 1
-        elapsed, count = time.monotonic() - start, len(fsyncs) - before
+        return len(fsyncs) - before, time.monotonic() - start, i
+
+
+def test_fsync_everysec_syncs_about_once_a_second(tmp_path: Path, fsyncs: list[float]) -> None:
+    count, elapsed, i = fsyncs_while_writing(tmp_path / "e.aof", "everysec", 2.5, fsyncs)
     assert 1 <= count <= elapsed + 1, f"{count} fsyncs in {elapsed:.1f} s for {i} writes"
 
 
 def test_fsync_no_never_syncs_while_serving(tmp_path: Path, fsyncs: list[float]) -> None:
-    with serving(tmp_path / "n.aof", "no") as (_db, client), client.get_proxy() as proxy:
-        d = proxy.create_cyberdict("d")
-        start, before = time.monotonic(), len(fsyncs)
-        i = 0
-        while time.monotonic() - start < 1.5:
-            d[i] = i
-            i += 1
-        assert len(fsyncs) == before, "fsync policy 'no' synced"
+    count, _elapsed, _writes = fsyncs_while_writing(tmp_path / "n.aof", "no", 1.5, fsyncs)
+    assert count == 0, "fsync policy 'no' synced"
 
 
 # ---- damaged logs -------------------------------------------------------------------------------------------------
@@ -367,7 +341,7 @@ def test_rewrites_under_load_keep_every_write(tmp_path: Path) -> None:
     with serving(log, "everysec", rewrite_factor=1.2, rewrite_min_size=0) as (db, client):
         with client.get_proxy() as proxy:
             proxy.create_cyberlist("log")
-        writers = Writers(lambda: cyberdb.connect(port=db.port), 4)
+        writers = Writers(lambda: client_of(db), 4)
         try:
             for _ in range(5):
                 target = writers.total() + 300
@@ -444,12 +418,5 @@ def test_the_log_wins_over_the_snapshot_at_start(tmp_path: Path) -> None:
         proxy.get_cyberdict("t")["v"] = "new"
     db = cyberdb.Server()
     db.load_db(str(snap))
-    db.set_append_log(str(log))
-    db.start(port=0)
-    try:
-        client = cyberdb.connect(port=db.port)
-        with client.get_proxy() as proxy:
-            assert proxy.get_cyberdict("t")["v"] == "new"
-        client.close()
-    finally:
-        db.stop()
+    with serving(log, "everysec", db=db) as (_db, client), client.get_proxy() as proxy:
+        assert proxy.get_cyberdict("t")["v"] == "new"

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from conftest import ServerProcess
+from conftest import ServerProcess, kill_by_pid
 
 import cyberdb
 
@@ -102,12 +102,7 @@ def finish(procs: list[subprocess.Popen[str]]) -> list[dict[str, Any]]:
 def kill(procs: list[subprocess.Popen[str]]) -> None:
     """Stop workers by PID and reap them."""
     for proc in procs:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        kill_by_pid(proc)
 
 
 @pytest.fixture

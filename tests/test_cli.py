@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import serving
 from values import canon
 
 import cyberdb
@@ -84,29 +85,19 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A log and a snapshot of TABLES written by a real server; the log holds writes after the creates."""
     directory = tmp_path_factory.mktemp("files")
     log, snapshot = directory / "data.aof", directory / "data.cdb"
-    db = cyberdb.Server()
-    db.set_append_log(str(log), fsync="always")
-    db.start(port=0)
-    try:
-        assert db.port is not None
-        client = cyberdb.connect(port=db.port)
-        try:
-            with client.get_proxy() as proxy:
-                for name, content in TABLES.items():
-                    if type(content) is dict:
-                        table = proxy.create_cyberdict(name)
-                        for key, value in content.items():
-                            table[key] = value
-                    else:
-                        proxy.create_cyberlist(name, content=content[:-2])
-                        proxy.get_cyberlist(name).extend(content[-2:])
-                proxy.get_cyberdict("empty")["gone"] = 1
-                del proxy.get_cyberdict("empty")["gone"]
-        finally:
-            client.reset()
+    with serving(log, "always") as (db, client):
+        with client.get_proxy() as proxy:
+            for name, content in TABLES.items():
+                if type(content) is dict:
+                    table = proxy.create_cyberdict(name)
+                    for key, value in content.items():
+                        table[key] = value
+                else:
+                    proxy.create_cyberlist(name, content=content[:-2])
+                    proxy.get_cyberlist(name).extend(content[-2:])
+            proxy.get_cyberdict("empty")["gone"] = 1
+            del proxy.get_cyberdict("empty")["gone"]
         db.save_db(str(snapshot))
-    finally:
-        db.stop()
     return {"log": log, "snapshot": snapshot}
 
 
@@ -326,18 +317,8 @@ def test_dump_log_base_records(capsys: pytest.CaptureFixture[str], files: dict[s
     log = tmp_path / "data.aof"
     db = cyberdb.Server()
     db.load_db(str(files["snapshot"]))
-    db.set_append_log(str(log), fsync="always")
-    db.start(port=0)
-    try:
-        assert db.port is not None
-        client = cyberdb.connect(port=db.port)
-        try:
-            with client.get_proxy() as proxy:
-                proxy.get_cyberdict("empty")[(1, 2)] = b"x"
-        finally:
-            client.reset()
-    finally:
-        db.stop()
+    with serving(log, "always", db=db) as (_db, client), client.get_proxy() as proxy:
+        proxy.get_cyberdict("empty")[(1, 2)] = b"x"
     rows = records(capsys, log)
     assert [row["record"] for row in rows] == ["table"] * len(TABLES) + ["client", "leases", "command"]
     assert rows[0]["offset"] == 12

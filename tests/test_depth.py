@@ -7,14 +7,13 @@ would nest its table deeper is refused with ``ValueError``, in both cases before
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
-from conftest import PASSWORD, ServerProcess
+from conftest import PASSWORD, ServerProcess, proxy_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -146,29 +145,6 @@ def test_the_encoder_packs_every_table_and_a_reply_wrapping_it() -> None:
 
 # ---- end to end --------------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def in_process(request: pytest.FixtureRequest) -> Callable[..., cyberdb.Server]:
-    """Start a Server in this process on a free port (it can save and load); stopped when the test ends."""
-
-    def start(db: cyberdb.Server | None = None) -> cyberdb.Server:
-        db = cyberdb.Server() if db is None else db
-        db.start(port=0, password=PASSWORD)
-        request.addfinalizer(db.stop)
-        return db
-
-    return start
-
-
-@contextmanager
-def proxy_of(db: cyberdb.Server) -> Iterator[cyberdb.Proxy]:
-    assert db.port is not None
-    client = cyberdb.connect("127.0.0.1", db.port, password=PASSWORD)
-    try:
-        with client.get_proxy() as proxy:
-            yield proxy
-    finally:
-        client.close()
-
 
 def _reloaded(db: cyberdb.Server, tmp_path: Path, start: Callable[..., cyberdb.Server]) -> cyberdb.Server:
     path = tmp_path / "data.cdb"
@@ -254,10 +230,6 @@ def test_a_foreign_encoders_too_deep_write_is_refused_and_the_server_serves_on(
         assert conn.call(BY_NAME["dict.len"].op, encode_value([name]), 5, 5) == 1
     finally:
         conn.close()
-    client = server.connect()
-    try:
-        with client.get_proxy() as proxy:
-            assert depth_exceeds(proxy.get_cyberdict(name)["k"], MAX_DEPTH - 2)  # read back whole
-            assert not depth_exceeds(proxy.get_cyberdict(name)["k"], MAX_DEPTH - 1)
-    finally:
-        client.close()
+    with proxy_of(server) as proxy:
+        assert depth_exceeds(proxy.get_cyberdict(name)["k"], MAX_DEPTH - 2)  # read back whole
+        assert not depth_exceeds(proxy.get_cyberdict(name)["k"], MAX_DEPTH - 1)

@@ -18,13 +18,13 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import PASSWORD, proxy_of
 from values import canon
 
 import cyberdb
@@ -32,7 +32,6 @@ from cyberdb import PersistenceError
 from cyberdb.codec import encode_value
 from cyberdb.server.persist import decode_snapshot, encode_snapshot, read_snapshot, write_atomic
 
-PASSWORD = "pw"
 MAGIC = b"CYBERDB\x00"
 HEADER = struct.Struct("!8sHHQ32s")  # magic, version, reserved, payload length, sha256(payload)
 WAIT = 20.0  # deadline for polling a file written by the server's backup timer
@@ -343,30 +342,6 @@ def test_concurrent_writers_of_the_same_file_both_succeed(tmp_path: Path, monkey
 # ---- Server.save_db / load_db / set_backup (in-process) -------------------------------------------------------
 
 
-@pytest.fixture
-def start(request: pytest.FixtureRequest) -> Callable[..., cyberdb.Server]:
-    """Start a Server (a new one unless given) on a free port; it is stopped when the test ends."""
-
-    def start_server(db: cyberdb.Server | None = None) -> cyberdb.Server:
-        db = cyberdb.Server() if db is None else db
-        db.start(port=0, password=PASSWORD)
-        request.addfinalizer(db.stop)
-        return db
-
-    return start_server
-
-
-@contextmanager
-def proxy_of(db: cyberdb.Server) -> Iterator[cyberdb.Proxy]:
-    assert db.port is not None
-    client = cyberdb.connect("127.0.0.1", db.port, password=PASSWORD)
-    try:
-        with client.get_proxy() as proxy:
-            yield proxy
-    finally:
-        client.reset()
-
-
 def fill(db: cyberdb.Server) -> dict[str, Any]:
     """Create tables holding every value type through a client; return what they should contain."""
     expected = {}
@@ -413,27 +388,27 @@ def snapshot_or_none(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def test_save_then_load_into_a_new_server_restores_every_type(start: Callable[..., cyberdb.Server],
-                                                            tmp_path: Path) -> None:
+def test_save_then_load_into_a_new_server_restores_every_type(in_process: Callable[..., cyberdb.Server],
+                                                              tmp_path: Path) -> None:
     path = tmp_path / "data.cdb"
-    source = start()
+    source = in_process()
     expected = fill(source)
     source.save_db(str(path))
     assert os.listdir(tmp_path) == ["data.cdb"]
 
     fresh = cyberdb.Server()  # not started: load_db works on a stopped server too
     fresh.load_db(str(path))
-    start(fresh)
+    in_process(fresh)
     assert_same_tables(contents(fresh), expected)
 
 
-def test_load_into_a_running_server_replaces_its_tables(start: Callable[..., cyberdb.Server],
-                                                         tmp_path: Path) -> None:
+def test_load_into_a_running_server_replaces_its_tables(in_process: Callable[..., cyberdb.Server],
+                                                        tmp_path: Path) -> None:
     path = tmp_path / "data.cdb"
-    source = start()
+    source = in_process()
     expected = fill(source)
     source.save_db(str(path))
-    target = start()
+    target = in_process()
     with proxy_of(target) as proxy:
         proxy.create_cyberdict("old table", {"will": "go"})
     target.load_db(str(path))
@@ -480,9 +455,9 @@ def _corruptions(good: bytes) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("kind", list(_corruptions(GOOD)))
-def test_corrupted_file_is_refused_and_nothing_is_loaded(start: Callable[..., cyberdb.Server], tmp_path: Path,
-                                                         kind: str) -> None:
-    db = start()
+def test_corrupted_file_is_refused_and_nothing_is_loaded(in_process: Callable[..., cyberdb.Server],
+                                                         tmp_path: Path, kind: str) -> None:
+    db = in_process()
     expected = fill(db)
     other = encode_snapshot({"ok": {"a": 1}, "other": [1, 2, 3]})
     bad = tmp_path / "bad.cdb"
@@ -510,12 +485,13 @@ def test_corrupted_file_is_refused_by_a_stopped_server(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("when", ["before start", "after start"])
-def test_set_backup_writes_periodically(start: Callable[..., cyberdb.Server], tmp_path: Path, when: str) -> None:
+def test_set_backup_writes_periodically(in_process: Callable[..., cyberdb.Server], tmp_path: Path,
+                                        when: str) -> None:
     path = tmp_path / "backup.cdb"
     db = cyberdb.Server()
     if when == "before start":
         db.set_backup(str(path), cycle=0.2)
-    start(db)
+    in_process(db)
     if when == "after start":
         db.set_backup(str(path), cycle=0.2)
     with proxy_of(db) as proxy:
@@ -526,10 +502,10 @@ def test_set_backup_writes_periodically(start: Callable[..., cyberdb.Server], tm
 
 
 def test_a_failed_backup_is_logged_keeps_the_previous_file_and_is_retried(
-        start: Callable[..., cyberdb.Server], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        in_process: Callable[..., cyberdb.Server], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # RLIMIT_FSIZE (inherited by the child that writes the backup) makes the write fail with EFBIG
     path = tmp_path / "backup.cdb"
-    db = start()
+    db = in_process()
     with proxy_of(db) as proxy:
         table = proxy.create_cyberdict("t", {"n": "small"})
         db.set_backup(str(path), cycle=0.1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PASSWORD, ServerProcess
+from conftest import PASSWORD, ServerProcess, kill_by_pid, proxy_of
 
 import cyberdb
 
@@ -89,6 +88,40 @@ def _restart_under_load(server: Restartable, progress: Callable[[], int]) -> Non
     _wait_for_progress(progress)
 
 
+def _threads_through_restarts(server: Restartable, client: cyberdb.Client,
+                              one_round: Callable[[cyberdb.Proxy, int], None], counts: list[int]) -> None:
+    """Run rounds ``one_round(proxy, t)`` in threads t = 0 .. len(counts) - 1, each round with a new proxy of
+    ``client``, while ``server`` restarts under load (``counts[t]`` is thread t's progress); then one more round
+    each.  Fails if a thread raised or is stuck."""
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def run(t: int) -> None:
+        try:
+            while True:
+                last = stop.is_set()  # one more round after the flag: it runs after the last restart
+                # a new proxy each round, held across the round: connect() must wait out restarts too, and
+                # held connections break mid-call
+                with client.get_proxy() as proxy:
+                    one_round(proxy, t)
+                if last:
+                    return
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(len(counts))]
+    for t in threads:
+        t.start()
+    try:
+        _restart_under_load(server, lambda: _progress(counts, errors))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors[:3]
+    assert not any(t.is_alive() for t in threads)
+
+
 # ---- reads ----------------------------------------------------------------------------------------------------
 
 
@@ -99,35 +132,15 @@ def test_8_threads_read_through_restarts(restartable: Restartable, name: str,
     with client.get_proxy() as proxy:
         proxy.create_cyberdict(name, {k: k * k for k in range(100)})
     reads = [0] * 8
-    errors: list[BaseException] = []
-    stop = threading.Event()
 
-    def read(t: int) -> None:
-        try:
-            while True:
-                last = stop.is_set()  # one more round after the flag: it runs after the last restart
-                with client.get_proxy() as proxy:  # a new proxy each round: connect() must wait out restarts too
-                    d = proxy.get_cyberdict(name)
-                    for i in range(20):
-                        k = (t * 31 + i * 7 + reads[t]) % 100
-                        assert d[k] == k * k, (k, d[k])
-                        reads[t] += 1
-                if last:
-                    return
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            errors.append(exc)
+    def read(proxy: cyberdb.Proxy, t: int) -> None:
+        d = proxy.get_cyberdict(name)
+        for i in range(20):
+            k = (t * 31 + i * 7 + reads[t]) % 100
+            assert d[k] == k * k, (k, d[k])
+            reads[t] += 1
 
-    threads = [threading.Thread(target=read, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    try:
-        _restart_under_load(restartable, lambda: _progress(reads, errors))
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
-    assert not errors, errors[:3]
-    assert not any(t.is_alive() for t in threads)
+    _threads_through_restarts(restartable, client, read, reads)
     assert all(reads)
     assert any(RETRYING in r.getMessage() for r in caplog.records)  # the readers really met the outages
     client.close()
@@ -136,11 +149,9 @@ def test_8_threads_read_through_restarts(restartable: Restartable, name: str,
 def test_100_gevent_greenlets_read_and_write_through_restarts(restartable: Restartable, name: str,
                                                               tmp_path: Path, request: pytest.FixtureRequest) -> None:
     srv = restartable.srv
-    client = srv.connect()
-    with client.get_proxy() as proxy:
+    with proxy_of(srv) as proxy:
         proxy.create_cyberdict(name, {k: k * k for k in range(100)})
         proxy.create_cyberlist(name + "-log")
-    client.close()
     progress, stop = tmp_path / "progress", tmp_path / "stop"
     code = textwrap.dedent("""
         from gevent import monkey
@@ -198,15 +209,7 @@ def test_100_gevent_greenlets_read_and_write_through_restarts(restartable: Resta
     child = subprocess.Popen([sys.executable, "-c", code, str(srv.port), PASSWORD, name, str(progress), str(stop)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def kill_child() -> None:
-        if child.poll() is None:
-            os.kill(child.pid, signal.SIGKILL)
-            child.wait(10)
-        for stream in (child.stdout, child.stderr):
-            if stream is not None:
-                stream.close()
-
-    request.addfinalizer(kill_child)
+    request.addfinalizer(lambda: kill_by_pid(child))
 
     def reads_so_far() -> int:
         if child.poll() is not None:
@@ -226,10 +229,8 @@ def test_100_gevent_greenlets_read_and_write_through_restarts(restartable: Resta
     assert result["unfinished"] == 0
     assert all(result["reads"])
     assert result["retrying"] > 0  # the greenlets really met the outages
-    client = srv.connect()
-    with client.get_proxy() as proxy:
+    with proxy_of(srv) as proxy:
         records = proxy.get_cyberlist(name + "-log").tolist()
-    client.close()
     for g, count in enumerate(result["acked"]):  # every acknowledged write once, in order; none lost or doubled
         assert [n for (w, n) in records if w == g] == list(range(count)), g
     assert len(records) == sum(result["acked"])
@@ -245,34 +246,14 @@ def test_appends_across_restarts_are_kept_exactly_once(restartable: Restartable,
     with client.get_proxy() as proxy:
         proxy.create_cyberlist(name)
     acked = [0] * 8  # acked[t]: records (t, 0) .. (t, acked[t] - 1) were acknowledged
-    errors: list[BaseException] = []
-    stop = threading.Event()
 
-    def write(t: int) -> None:
-        try:
-            while True:
-                last = stop.is_set()
-                with client.get_proxy() as proxy:  # held across 20 appends: held connections break mid-call
-                    lst = proxy.get_cyberlist(name)
-                    for _ in range(20):
-                        lst.append((t, acked[t]))
-                        acked[t] += 1
-                if last:
-                    return
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            errors.append(exc)
+    def write(proxy: cyberdb.Proxy, t: int) -> None:
+        lst = proxy.get_cyberlist(name)
+        for _ in range(20):
+            lst.append((t, acked[t]))
+            acked[t] += 1
 
-    threads = [threading.Thread(target=write, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    try:
-        _restart_under_load(restartable, lambda: _progress(acked, errors))
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
-    assert not errors, errors[:3]
-    assert not any(t.is_alive() for t in threads)
+    _threads_through_restarts(restartable, client, write, acked)
     with client.get_proxy() as proxy:
         items = proxy.get_cyberlist(name).tolist()
     for n in range(8):  # every acknowledged record, once, in the order it was written
