@@ -173,7 +173,7 @@ def _new_packer() -> msgpack.Packer:
     return msgpack.Packer(default=_default, strict_types=True, use_bin_type=True, datetime=False)
 
 
-def _unpackb(data: bytes) -> Any:
+def _unpackb(data: bytes | memoryview) -> Any:
     # Most values hold no tuple or set: decode once without the list hook (a Python call per array) and only
     # if a container marker turned up decode again with it.  timestamp=3: msgpack's own timestamp extension
     # (-1) can only ever decode to a datetime, a supported type.
@@ -209,7 +209,7 @@ def encode_value(obj: Any) -> bytes:
             _state.packer = packer
 
 
-def decode_value(data: bytes) -> Any:
+def decode_value(data: bytes | memoryview) -> Any:
     """Decode bytes from the network or a file; raise ``ProtocolError`` for anything malformed."""
     try:
         return _unpackb(data)

@@ -196,7 +196,7 @@ class ServerConnection(asyncio.Protocol):
     def _send(self, data: bytes) -> None:
         """Write replies, unless the writes they answer are not kept by the append-only log yet."""
         log = self._ctx.log
-        if log is not None and (self._held or self._wrote and log.behind):
+        if log is not None and (self._held or self._wrote and not log.ready()):
             self._held += 1
             log.hold(self, data)
         else:
