@@ -420,3 +420,38 @@ def test_the_log_wins_over_the_snapshot_at_start(tmp_path: Path) -> None:
     db.load_db(str(snap))
     with serving(log, "everysec", db=db) as (_db, client), client.get_proxy() as proxy:
         assert proxy.get_cyberdict("t")["v"] == "new"
+
+
+# ---- replay reproduces the first run --------------------------------------------------------------------------------
+
+def test_replay_reproduces_compare_and_set_transactions_and_leases(tmp_path: Path) -> None:
+    # sort(key=) is a compare-and-set on the table's version, a transaction's checked read may have raised, and
+    # speculations and rolled-back batches hand out no version: the replay must do exactly what the run did
+    log = tmp_path / "data.aof"
+    with serving(log) as (_db, client), client.get_proxy() as proxy:
+        items = proxy.create_cyberlist("l", [3, 1, 2])
+        items.sort(key=lambda x: -x)
+        accounts = proxy.create_cyberdict("d")
+
+        def deposit(tx: Any) -> None:
+            table = tx.get_cyberdict("d")
+            try:
+                table["missing"]
+            except KeyError:
+                table["x"] = 1
+
+        proxy.transact(deposit)
+        with pytest.raises(cyberdb.BatchAbortedError), proxy.pipeline(atomic=True) as pipe:
+            pipe.get_cyberdict("d")["y"] = 1
+            pipe.get_cyberlist("l").pop(99)
+        items.sort(key=lambda x: x)
+        accounts["z"] = items.tolist()
+        lock = proxy.lock("job", ttl=60)
+        assert lock.acquire()
+        expected = {"l": [1, 2, 3], "d": {"x": 1, "z": [1, 2, 3]}}
+        assert {"l": items.tolist(), "d": accounts.todict()} == expected
+    assert contents(log) == expected
+    with serving(log) as (_db, client), client.get_proxy() as proxy:
+        assert proxy.lock("job", ttl=60).acquire(blocking=False) is False  # the lease came back from the log
+        proxy.get_cyberlist("l").sort(key=lambda x: -x)  # compare-and-set works on the replayed versions
+        assert proxy.get_cyberlist("l").tolist() == [3, 2, 1]

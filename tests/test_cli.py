@@ -134,7 +134,8 @@ def test_check_whole_file_prints_kind_tables_and_counts(capsys: pytest.CaptureFi
     if kind == "log":
         commands = sum(row["record"] == "command" for row in records(capsys, files[kind]))
         assert commands > len(TABLES) + len(VALUES)
-        assert lines[1].startswith(f"records: 1 base (0 tables, 0 clients, 1 leases record), {commands} commands from ")
+        assert lines[1].startswith(f"records: 2 base (0 tables, 0 clients, 1 leases record, 1 clocks record), "
+                                 f"{commands} commands from ")
         assert lines[2] == f"loads to: {len(TABLES)} tables, 1 client in the reply cache, 0 locks held now"
     else:
         assert lines[1] == f"holds: {len(TABLES)} tables, 1 client in the reply cache, 0 locks held now"
@@ -293,7 +294,8 @@ def test_dump_log_state_is_what_the_log_loads_to(capsys: pytest.CaptureFixture[s
 def test_dump_log_records(capsys: pytest.CaptureFixture[str], files: dict[str, Path]) -> None:
     rows = records(capsys, files["log"])
     assert rows[0] == {"offset": 12, "record": "leases", "leases": []}
-    commands = rows[1:]
+    assert rows[1]["record"] == "clocks" and rows[1]["versions"] == []
+    commands = rows[2:]
     assert all(row["record"] == "command" for row in commands)
     assert [row["offset"] for row in rows] == sorted({row["offset"] for row in rows})
     assert len({row["client"] for row in commands}) == 1 and len(commands[0]["client"]) == 32
@@ -320,16 +322,17 @@ def test_dump_log_base_records(capsys: pytest.CaptureFixture[str], files: dict[s
     with serving(log, "always", db=db) as (_db, client), client.get_proxy() as proxy:
         proxy.get_cyberdict("empty")[(1, 2)] = b"x"
     rows = records(capsys, log)
-    assert [row["record"] for row in rows] == ["table"] * len(TABLES) + ["client", "leases", "command"]
+    assert [row["record"] for row in rows] == ["table"] * len(TABLES) + ["client", "leases", "clocks", "command"]
     assert rows[0]["offset"] == 12
-    base = "\n".join(json.dumps({k: v for k, v in row.items() if k != "offset"}) for row in rows[:-2])
+    base = "\n".join(json.dumps({k: v for k, v in row.items() if k != "offset"}) for row in rows[:-3])
     assert canon(tables_of(base)) == canon(TABLES)
     assert set(rows[len(TABLES)]) == {"offset", "record", "client", "ack", "floor", "replies"}
     assert rows[-1]["command"] == "dict.setitem"
     assert canon(from_json(rows[-1]["args"])) == canon(["empty", (1, 2), b"x"])
     code, out, _err = run(capsys, "check", str(log))
     assert code == 0
-    assert f"records: {len(TABLES) + 2} base ({len(TABLES)} tables, 1 client, 1 leases record), 1 command" in out
+    assert (f"records: {len(TABLES) + 3} base ({len(TABLES)} tables, 1 client, 1 leases record, 1 clocks record), "
+            "1 command") in out
     assert "loads to: 5 tables, 2 clients in the reply cache, 0 locks held now" in out
 
 

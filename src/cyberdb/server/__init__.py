@@ -188,7 +188,7 @@ class Server:
         state = read_state(file_name)
 
         def load() -> None:
-            self._store.load(state.tables, state.leases)
+            self._store.load(state.tables, state.leases, state.clocks)
             for client in state.clients:
                 self._replies.restore(*client)
             if self._log is not None:
@@ -401,7 +401,7 @@ class Server:
 
 
 def _save(store: Store, replies: ReplyCache, path: str) -> None:
-    write_atomic(path, encode_snapshot(store.dump(), list(replies.clients()), store.leases()))
+    write_atomic(path, encode_snapshot(store.dump(), list(replies.clients()), store.leases(), store.clocks()))
 
 
 async def _drained(ctx: ServerContext, timeout: float) -> None:

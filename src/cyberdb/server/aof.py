@@ -113,6 +113,8 @@ def replay_log(path: str, store: Store, replies: ReplyCache) -> tuple[int, int, 
     view = memoryview(data)
     tables: dict[str, Any] | None = {}
     leases: list[Any] = []
+    clocks: Any = None
+    store.replaying = True
     try:
         for offset, kind, start, end in index.entries:
             if kind != command:
@@ -124,11 +126,13 @@ def replay_log(path: str, store: Store, replies: ReplyCache) -> tuple[int, int, 
                     tables[value[0]] = value[1]
                 elif record_kind is RecordKind.CLIENT:
                     replies.restore(*value)
+                elif record_kind is RecordKind.CLOCKS:
+                    clocks = value
                 else:
                     leases = value
                 continue
             if tables is not None:
-                store.load(tables, leases)
+                store.load(tables, leases, clocks)
                 tables = None
             _kind, client, req_id, ack, when, op = COMMAND_HEADER.unpack_from(data, start)
             spec = BY_ID.get(op)
@@ -140,10 +144,6 @@ def replay_log(path: str, store: Store, replies: ReplyCache) -> tuple[int, int, 
                 raise PersistenceError(f"{path} is damaged at offset {offset}: {exc}") from None
             if type(args) is not list:
                 raise PersistenceError(f"{path} is damaged at offset {offset}: arguments are not an array")
-            if op == _BATCH and args and type(args[0]) is list:
-                # a logged batch was applied: run it again without a transaction's checks (their digests
-                # cover encodings, e.g. of sets, that may differ between processes)
-                args = [[step[:2] if type(step) is list else step for step in args[0]]]
             store.pinned_time = when
             if client != ANONYMOUS and req_id >= last_ack[client]:  # a reply the client may ask for again
                 reply = store.outcome(spec, args, hook=False)
@@ -158,11 +158,12 @@ def replay_log(path: str, store: Store, replies: ReplyCache) -> tuple[int, int, 
             if failed and op == _BATCH:
                 logger.warning("%s: the atomic batch at offset %d failed when replayed", path, offset)
         if tables is not None:
-            store.load(tables, leases)
+            store.load(tables, leases, clocks)
         for client, ack in last_ack.items():
             replies.restore(client, ack, 0, [])
     finally:
         store.pinned_time = None
+        store.replaying = False
     return len(index.entries), index.end, index.torn
 
 
@@ -232,7 +233,7 @@ class AppendLog:
 
     def _base(self) -> list[bytes]:
         return [LOG_HEADER, *base_records(self._store.dump(), list(self._replies.clients()),
-                                          self._store.leases())]
+                                          self._store.leases(), self._store.clocks())]
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start logging from inside ``loop`` (the store's writes are heard from now on)."""

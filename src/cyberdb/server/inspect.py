@@ -306,7 +306,8 @@ class FileReport:
             base = sum(n for kind, n in self.counts.items() if kind is not RecordKind.COMMAND)
             line = (f"records: {base} base ({_plural(self.counts.get(RecordKind.TABLE, 0), 'table')}, "
                     f"{_plural(self.counts.get(RecordKind.CLIENT, 0), 'client')}, "
-                    f"{_plural(self.counts.get(RecordKind.LEASES, 0), 'leases record')}), "
+                    f"{_plural(self.counts.get(RecordKind.LEASES, 0), 'leases record')}, "
+                    f"{_plural(self.counts.get(RecordKind.CLOCKS, 0), 'clocks record')}), "
                     f"{_plural(self.counts.get(RecordKind.COMMAND, 0), 'command')}")
             if self.times is not None:
                 line += f" from {_iso(self.times[0])} to {_iso(self.times[1])}"
@@ -356,6 +357,10 @@ class FileReport:
             return _table_row(*value)
         if kind is RecordKind.CLIENT:
             return _client_row(*value)
+        if kind is RecordKind.CLOCKS:
+            clock, token, versions = value
+            return {"record": "clocks", "clock": clock, "last_token": token,
+                    "versions": [{"table": name, "version": version} for name, version in versions]}
         return _leases_row(value)
 
 
@@ -376,7 +381,7 @@ def inspect_file(path: str) -> FileReport:
     store = Store()
     if not data.startswith(LOG_MAGIC) and not LOG_HEADER.startswith(data):
         state = decode_state(data, path)
-        store.load(state.tables, state.leases)
+        store.load(state.tables, state.leases, state.clocks)
         return FileReport(path, "snapshot", int.from_bytes(data[8:10], "big"), len(data), state,
                           len(store.leases()))
     scan = scan_log(data, path)

@@ -23,9 +23,11 @@ Layout of an append-only log (``.aof``)::
 
 A body starts with its kind (one byte).  The *base* records describe the state when the log was (re)written:
 ``TABLE`` [name, kind, content], ``CLIENT`` [client id, ack, floor, [[request id, status, reply], ...]] (the
-exactly-once reply cache) and ``LEASES`` [[lock, token, deadline], ...].  Then one ``COMMAND`` record per
-write, in the order they ran: client id (16 bytes), request id, ack (uint64 each), the wall-clock time it ran
-(float64), the command id (uint16), then the request's encoded arguments exactly as they arrived.  An atomic
+exactly-once reply cache), ``LEASES`` [[lock, token, deadline], ...] and ``CLOCKS`` [version clock, last
+fencing token, [[table, version], ...]] (so that a replay runs compare-and-set as the first run did).  Then
+one ``COMMAND`` record per write, in the order they ran: client id (16 bytes), request id, ack (uint64 each), the
+wall-clock time it ran (float64), the command id (uint16), then the request's encoded arguments exactly as they
+arrived.  An atomic
 batch or a transaction is one request, hence one record: a crash never replays half of it.
 
 The header's own checksum tells a damaged length from a torn write: a crash can only cut the log short (or,
@@ -47,7 +49,7 @@ from typing import Any
 
 from ..codec import decode_value, encode_array, encode_value
 from ..errors import PersistenceError, ProtocolError
-from .store import KIND_TYPES, MAX_NAME_LENGTH, Lease
+from .store import KIND_TYPES, MAX_NAME_LENGTH, Clocks, Lease
 
 __all__ = ["COMMAND_HEADER", "LOG_HEADER", "Command", "LogIndex", "LogScan", "RecordKind", "State", "base_records",
            "command_record", "decode_snapshot", "decode_state", "encode_snapshot", "frame_record", "index_log",
@@ -66,16 +68,17 @@ class State:
     tables: dict[str, Any]
     clients: list[Any]
     leases: list[Lease]
+    clocks: Clocks | None = None
 
 
 def encode_snapshot(tables: dict[str, Any], clients: Iterable[tuple[bytes, int, int, list[Any]]] = (),
-                    leases: list[Lease] | None = None) -> bytes:
-    """Serialize all tables (and the reply cache and leases) into the bytes of a snapshot file.
+                    leases: list[Lease] | None = None, clocks: Clocks | None = None) -> bytes:
+    """Serialize all tables (and the reply cache, leases and clocks) into the bytes of a snapshot file.
 
     Raises:
         PersistenceError: a value cannot be encoded (the server's checks should make this impossible).
     """
-    records = list(base_records(tables, clients, leases or []))
+    records = list(base_records(tables, clients, leases or [], clocks))
     records.append(frame_record(bytes((RecordKind.END,)) + encode_value(len(records))))
     return _HEADER_V2.pack(MAGIC, FORMAT_VERSION, 0) + b"".join(records)
 
@@ -133,6 +136,8 @@ def _decode_v2(data: bytes, source: str) -> State:
             state.clients.append(parse_base(kind, bytes(body), where))
         elif kind is RecordKind.LEASES:
             state.leases = parse_base(kind, bytes(body), where)
+        elif kind is RecordKind.CLOCKS:
+            state.clocks = parse_base(kind, bytes(body), where)
         else:
             raise PersistenceError(f"{where}: a {kind.name} record does not belong in a snapshot")
     offset, _kind, body = scan.records[-1]
@@ -269,6 +274,7 @@ class RecordKind(enum.IntEnum):
     CLIENT = 3
     LEASES = 4
     END = 5  # a snapshot's last record: the number of records before it
+    CLOCKS = 6  # [version clock, last fencing token, [[table, version], ...]]
 
 
 _COMMAND_KIND = int(RecordKind.COMMAND)
@@ -315,8 +321,8 @@ def parse_command(body: bytes) -> Command:
 
 
 def base_records(tables: dict[str, Any], clients: Iterable[tuple[bytes, int, int, list[Any]]],
-                 leases: list[Lease]) -> Iterator[bytes]:
-    """The records of a log's base: every table, every client's cached replies, the lock leases.
+                 leases: list[Lease], clocks: Clocks | None = None) -> Iterator[bytes]:
+    """The records of a log's base: every table, every client's cached replies, the lock leases, the clocks.
 
     Raises:
         PersistenceError: a table cannot be encoded or is too large for one record.
@@ -328,6 +334,9 @@ def base_records(tables: dict[str, Any], clients: Iterable[tuple[bytes, int, int
     for client in clients:
         yield frame_record(client_kind + encode_value(list(client)))
     yield frame_record(bytes((RecordKind.LEASES,)) + encode_value([list(lease) for lease in leases]))
+    if clocks is not None:
+        clock, token, versions = clocks
+        yield frame_record(bytes((RecordKind.CLOCKS,)) + encode_value([clock, token, [list(v) for v in versions]]))
 
 
 def parse_base(kind: RecordKind, body: bytes, source: str) -> Any:
@@ -349,6 +358,12 @@ def parse_base(kind: RecordKind, body: bytes, source: str) -> Any:
                            and type(r[2]) is bytes for r in value[3])):
             raise PersistenceError(f"{source}: a malformed CLIENT record")
         return value
+    if kind is RecordKind.CLOCKS:
+        if (type(value) is not list or len(value) != 3 or type(value[0]) is not int or type(value[1]) is not int
+                or type(value[2]) is not list or not all(type(v) is list and len(v) == 2 and type(v[0]) is str
+                                                         and type(v[1]) is int for v in value[2])):
+            raise PersistenceError(f"{source}: a malformed CLOCKS record")
+        return value[0], value[1], [tuple(v) for v in value[2]]
     if type(value) is not list or not all(
             type(lease) is list and len(lease) == 3 and type(lease[0]) is str and type(lease[1]) is int
             and type(lease[2]) is float for lease in value):

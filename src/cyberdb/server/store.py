@@ -38,7 +38,7 @@ from ..errors import (
 )
 from ..protocol import HEADER_SIZE, MAX_FRAME
 
-__all__ = ["MAX_LIST_ITEMS", "STATUS_OK", "Encoded", "Store", "decode_error", "encode_error", "walk"]
+__all__ = ["MAX_LIST_ITEMS", "STATUS_OK", "Clocks", "Encoded", "Store", "decode_error", "encode_error", "walk"]
 
 logger = logging.getLogger(__name__)
 MAX_LIST_ITEMS = 1 << 27  # `l *= n` may not build a list longer than this (one request must not eat the RAM)
@@ -56,6 +56,7 @@ Table = dict[Any, Any] | list[Any]
 Origin = tuple[bytes, int, int, bytes]  # client id, request id, ack, the request's encoded arguments
 WriteHook = Callable[[CommandSpec, list[Any], "Origin | None"], None]
 Lease = tuple[str, int, float]  # lock name, fencing token, deadline (wall clock)
+Clocks = tuple[int, int, list[tuple[str, int]]]  # version clock, last fencing token, (table, version) pairs
 
 
 class Encoded(bytes):
@@ -74,7 +75,8 @@ class Store:
         # name -> (token, deadline on the wall clock: leases are logged and must mean the same after a restart)
         self._locks: dict[str, tuple[int, float]] = {}
         self._last_token = 0
-        self.pinned_time: float | None = None  # set while a log replays a write
+        self.pinned_time: float | None = None  # set while a write runs with a log, or is replayed
+        self.replaying = False  # a log is being replayed: a batch's transaction checks are not made again
         self.on_write: WriteHook | None = None
 
     def __len__(self) -> int:
@@ -82,8 +84,13 @@ class Store:
 
     # ---- the interface -----------------------------------------------------------------------------------------
 
-    def load(self, tables: dict[str, Table], leases: list[Lease] | None = None) -> None:
-        """Replace all tables (validated content, e.g. from a snapshot file) and lock leases."""
+    def load(self, tables: dict[str, Table], leases: list[Lease] | None = None,
+             clocks: Clocks | None = None) -> None:
+        """Replace all tables (validated content, e.g. from a snapshot file), lock leases and version clocks.
+
+        With ``clocks`` (from ``clocks()`` when the file was written) every table gets back its version, so that a
+        log replayed after it runs compare-and-set exactly as the first time.
+        """
         self._tables.clear()
         self._locks.clear()
         for name, table in tables.items():
@@ -91,6 +98,15 @@ class Store:
         for name, token, deadline in leases or ():
             self._locks[name] = (token, deadline)
             self._last_token = max(self._last_token, token)
+        if clocks is not None:
+            clock, last_token, versions = clocks
+            self._clock = clock
+            self._last_token = max(self._last_token, last_token)
+            self._versions.update((name, version) for name, version in versions if name in self._tables)
+
+    def clocks(self) -> Clocks:
+        """The version clock, the last fencing token and each table's version (for a log's base)."""
+        return self._clock, self._last_token, [(name, self.version(name)) for name in self._tables]
 
     def dump(self) -> dict[str, Table]:
         """The live tables, for a snapshot: encode them before the next command runs."""
@@ -217,6 +233,14 @@ class Store:
     def set_version(self, name: str, version: int) -> None:
         """Put back the version of table ``name`` (a batch that was rolled back changed nothing)."""
         self._versions[name] = version
+
+    def clock(self) -> int:
+        """The version clock (the last version handed out)."""
+        return self._clock
+
+    def set_clock(self, clock: int) -> None:
+        """Put back the version clock (a batch that was rolled back, or a speculation, handed out nothing)."""
+        self._clock = clock
 
     def _add(self, name: str, table: Table) -> None:
         self._tables[name] = table
@@ -467,7 +491,7 @@ def _copy(store: Store, table: Any, name: str) -> Any:
 
 
 def _db_batch(store: Store, steps: Any) -> Encoded:
-    return run_steps(store, steps, speculate=False)
+    return run_steps(store, steps, speculate=False, replay=store.replaying)
 
 
 def _db_speculate(store: Store, steps: Any) -> Encoded:
