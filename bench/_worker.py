@@ -4,6 +4,8 @@ This file owns the client side of every measured operation. It imports `cyberdb`
 system it drives, so the redis-py 5 venv (which has no cyberdb) runs it too. Protocol, one JSON object per
 line: bench.py sends {"cmd": ...}; the worker answers each command with one line, {"error": traceback} on
 failure (and then exits). Nothing else may reach the protocol stream, so stdout is moved to stderr.
+The one exception is "probe" (bench/persistence.py): answered once when it runs, and once more, with the
+timings, after the "stop" that ends it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import select
 import socket
 import sys
 import time
@@ -24,6 +27,7 @@ PIPELINE_CALLS = 1000  # calls per pipeline: one unit of pipe_set / pipe_get
 PIPE_OPS = ("pipe_set", "pipe_get")
 MIN_PIPE_UNITS = 20  # pipelines per client and measurement, however small --ops is
 PROBE_UNITS = 3  # untimed units whose round trips are counted, after the warm-up
+STOP_POLL_NS = 2_000_000  # how often a probe looks for "stop" on stdin
 ACCOUNT_START = 1_000_000  # transact moves 1 from "a" to "b"; reset before every measurement
 
 Op = Callable[[Any], object]
@@ -400,6 +404,37 @@ def _timed(fn: Op, args: list[Any]) -> dict[str, Any]:
     return {"start": start, "end": t0, "lat": lat}
 
 
+def _probe(fn: Op, args: list[Any], started: Callable[[], None]) -> dict[str, Any]:
+    """Run `fn` over `args` in a loop, one call at a time, until a line arrives on stdin; time every call.
+
+    Returns each call's start (perf_counter_ns, comparable across processes) and latency, in ns.
+    """
+    starts: list[int] = []
+    lat: list[int] = []
+    clock = time.perf_counter_ns
+    fd = sys.stdin.fileno()
+    fn(args[0])
+    started()
+    i, n = 0, len(args)
+    next_poll = clock() + STOP_POLL_NS
+    while True:
+        t0 = clock()
+        fn(args[i])
+        t1 = clock()
+        starts.append(t0)
+        lat.append(t1 - t0)
+        i = i + 1 if i + 1 < n else 0
+        if t1 >= next_poll:
+            # the check for "stop" happens between timed calls, never inside one
+            if select.select([fd], [], [], 0)[0]:
+                break
+            next_poll = clock() + STOP_POLL_NS
+    line = sys.stdin.readline()
+    if json.loads(line).get("cmd") != "stop":
+        raise RuntimeError(f"expected 'stop' during a probe, got {line!r}")
+    return {"starts": starts, "lat": lat}
+
+
 def _serve(adapter: _CyberDB | _Redis | _Echo, out: TextIO) -> None:
     def reply(obj: dict[str, Any]) -> None:
         out.write(json.dumps(obj, separators=(",", ":")) + "\n")
@@ -433,6 +468,12 @@ def _serve(adapter: _CyberDB | _Redis | _Echo, out: TextIO) -> None:
             pending = None
             adapter.done()
             reply({**result, **extra})
+        elif cmd == "probe":
+            fn = adapter.op(msg["op"], msg["value"], msg["worker"])
+            args = _args_for(msg["op"], msg["keys"], 0, msg["keys"], msg["list_len"])
+            result = _probe(fn, args, lambda: reply({"ok": True}))
+            adapter.done()
+            reply(result)
         elif cmd == "quit":
             break
         else:

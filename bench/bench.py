@@ -77,7 +77,7 @@ class System:
 
 
 # Server flavours: key -> (program, extra arguments). Systems sharing a key share one server process.
-SERVERS = {
+SERVERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cyberdb": ("cyberdb", ()),
     "cyberdb+enc": ("cyberdb", ("--encrypt",)),
     "redis": ("redis", ()),
@@ -149,8 +149,15 @@ class Worker:
 class Bench:
     """One run: servers, worker pools, rounds, results."""
 
-    def __init__(self, args: argparse.Namespace, procs: Procs, tmp: Path) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        procs: Procs,
+        tmp: Path,
+        servers: dict[str, tuple[str, tuple[str, ...]]] | None = None,
+    ) -> None:
         self.args = args
+        self.servers = SERVERS if servers is None else servers  # bench/persistence.py brings its own flavours
         self.procs = procs
         self.tmp = tmp  # the children's cwd, redis-server's --dir and the servers' logs
         self.env = {PASSWORD_ENV: secrets.token_hex(16)}
@@ -169,7 +176,7 @@ class Bench:
         port = free_port()
         py = sys.executable
         ping = None
-        program, extra = SERVERS[key]
+        program, extra = self.servers[key]
         if program == "redis":
             argv = [*redis_server_argv(port, self.tmp), *extra]
             ping = b"*1\r\n$4\r\nPING\r\n"
