@@ -455,3 +455,51 @@ def test_replay_reproduces_compare_and_set_transactions_and_leases(tmp_path: Pat
         assert proxy.lock("job", ttl=60).acquire(blocking=False) is False  # the lease came back from the log
         proxy.get_cyberlist("l").sort(key=lambda x: -x)  # compare-and-set works on the replayed versions
         assert proxy.get_cyberlist("l").tolist() == [3, 2, 1]
+
+
+def test_stopping_during_a_rewrite_leaves_a_whole_log_and_no_temporary_file(tmp_path: Path) -> None:
+    log = tmp_path / "data.aof"
+    outcome: list[Any] = []
+    with serving(log, "everysec") as (db, client):
+        with client.get_proxy() as proxy:
+            proxy.create_cyberdict("d", {i: "x" * 20 for i in range(100_000)})  # the child takes a while
+
+        def rewrite() -> None:
+            try:
+                db.rewrite_append_log()
+                outcome.append("done")
+            except (PersistenceError, RuntimeError) as exc:
+                outcome.append(exc)
+
+        caller = threading.Thread(target=rewrite)
+        caller.start()
+        wait_until(lambda: db.info()["append_log"]["rewriting"] or bool(outcome), "the rewrite to start")
+    caller.join(WAIT)
+    assert not caller.is_alive(), "rewrite_append_log() still waits after the server stopped"
+    assert len(outcome) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["data.aof"]
+    assert len(contents(log)["d"]) == 100_000
+
+
+def test_a_failed_fsync_is_recovered_by_rewriting_the_log_from_memory(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # after a failed fdatasync the kernel may have dropped the dirty pages: retrying it would prove nothing
+    log = tmp_path / "data.aof"
+    name = "fdatasync" if hasattr(os, "fdatasync") else "fsync"
+    real = getattr(os, name)
+    failures = [OSError(5, "Input/output error")]
+
+    def failing_once(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        real(fd)
+
+    with serving(log, "always") as (db, client):
+        with client.get_proxy() as proxy:
+            d = proxy.create_cyberdict("d")
+            monkeypatch.setattr(os, name, failing_once)
+            d["k"] = "v"  # held until the rewrite has it on disk, then acknowledged
+            assert d["k"] == "v"
+        info = db.info()["append_log"]
+        assert info["rewrites"] >= 1 and info["error"] is None and info["write_errors"] == 1
+    assert contents(log) == {"d": {"k": "v"}}

@@ -174,7 +174,8 @@ class Server:
         if self._loop is None:
             _save(self._store, self._replies, path)
         else:
-            self._call_in_loop(lambda: run_in_child(lambda: _save(self._store, self._replies, path), "saving")).result()
+            work = lambda: _save(self._store, self._replies, path)  # noqa: E731 - in the child
+            self._call_in_loop(lambda: run_in_child(work, "saving")[0]).result()
         logger.info("saved %d tables to %s", len(self._store), path)
 
     def load_db(self, file_name: str = "data.cdb") -> None:
@@ -359,7 +360,7 @@ class Server:
             return
         path, loop = self._backup[0], self._loop
         self._backup_busy = True
-        future = run_in_child(lambda: _save(self._store, self._replies, path), "backup")
+        future, _pid = run_in_child(lambda: _save(self._store, self._replies, path), "backup")
         future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._backup_done, path, f))
 
     def _backup_done(self, path: str, future: concurrent.futures.Future[None]) -> None:

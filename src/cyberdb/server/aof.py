@@ -27,10 +27,13 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import enum
+import glob
 import logging
 import os
+import signal
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..codec import decode_value, encode_value
@@ -186,12 +189,15 @@ class AppendLog:
         self._acked = 0  # replies depending on records below this may leave
         self._held: collections.deque[tuple[int, Holder, bytes]] = collections.deque()
         self._commit_scheduled = False
-        self._retry_scheduled = False
         self._syncing = False
-        self._tail: list[bytes] | None = None  # records since a rewrite's fork
-        self._rewrite_done: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._rewrite_done.set_result(None)
+        self._rewriting: _Rewrite | None = None
+        self._rewrites_started = 0
+        self._tmp_prefix = os.path.join(os.path.dirname(self.path), f".{os.path.basename(self.path)}.rewrite-")
+        self._tail_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._rewrite_retry_at = 0.0
+        self._needs_rewrite = False  # an fdatasync failed: only a rewrite from memory makes the log trustworthy
+        self._retry_handle: asyncio.TimerHandle | None = None
+        self._closed = False
         self._timers: list[asyncio.TimerHandle] = []
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cyberdb-log")
         self._always = config.fsync is Fsync.ALWAYS
@@ -205,6 +211,11 @@ class AppendLog:
     # ---- opening -----------------------------------------------------------------------------------------------
 
     def _open(self) -> None:
+        for stale in glob.glob(glob.escape(self._tmp_prefix) + "*.tmp"):  # left by a rewrite that was cut short
+            try:
+                os.unlink(stale)
+            except OSError:
+                pass
         exists = os.path.exists(self.path) and os.path.getsize(self.path) > 0
         if exists:
             started = time.monotonic()
@@ -243,13 +254,21 @@ class AppendLog:
             self._timers.append(loop.call_later(1.0, self._every_second))
 
     def reset(self) -> None:
-        """Write a new base now (after ``load_db`` replaced every table), blocking the loop."""
-        self._flush_buffer()
-        self._write_base_now()
+        """Write a new base now (after ``load_db`` replaced every table), blocking the loop.
+
+        If it cannot be written, the log goes into the error state (writes refused) until a rewrite succeeds.
+        """
+        self._abandon(self._rewriting, PersistenceError("the tables were replaced (load_db) during the rewrite"))
+        try:
+            self._write_base_now()
+        except PersistenceError as exc:
+            self._failed(str(exc), needs_rewrite=True)
+            return
         self._switch_to(os.open(self.path, os.O_WRONLY | os.O_APPEND))
         self._buffer.clear()  # in the new base already
         self._set_base(os.fstat(self._fd).st_size)
         self._written = self._synced = self._acked = self._appended
+        self.error, self._needs_rewrite = None, False
         self._release()
 
     # ---- the write hook and group commit -------------------------------------------------------------------------
@@ -267,8 +286,8 @@ class AppendLog:
         record = command_record(client, req_id, ack, time.time() if pinned is None else pinned, spec.op, payload)
         self._appended += len(record)
         self.records += 1
-        if self._tail is not None:
-            self._tail.append(record)
+        if self._rewriting is not None:
+            self._rewriting.tail.append(record)
         if self._always or self._buffer or self.error is not None:
             self._buffer.append(record)
             return
@@ -326,7 +345,7 @@ class AppendLog:
     def _commit(self) -> None:
         """The end of a loop turn: one write and, for ``always``, one fdatasync for all of the turn's writes."""
         self._commit_scheduled = False
-        if self.error is None and self._flush_buffer() and self._sync_if_always():
+        if not self._closed and self.error is None and self._flush_buffer() and self._sync_if_always():
             self._acknowledge()
 
     def _flush_buffer(self) -> bool:
@@ -356,7 +375,7 @@ class AppendLog:
         try:
             _fdatasync(self._fd)
         except OSError as exc:
-            self._failed(f"cannot fsync {self.path}: {exc}")
+            self._failed(f"cannot fsync {self.path}: {exc}", needs_rewrite=True)
             return False
         self.fsyncs += 1
         self._synced = self._written
@@ -369,7 +388,7 @@ class AppendLog:
         self._maybe_rewrite()
 
     def _maybe_rewrite(self) -> None:
-        if self._tail is None and self._size >= self._rewrite_at and time.monotonic() >= self._rewrite_retry_at:
+        if self._rewriting is None and self._size >= self._rewrite_at and time.monotonic() >= self._rewrite_retry_at:
             self.rewrite()
 
     def _set_base(self, size: int) -> None:
@@ -386,12 +405,14 @@ class AppendLog:
         self._syncing = True
         target, loop = self._written, self._loop
         future = self._thread.submit(_fdatasync, self._fd)
-        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._synced_to, target, f.exception()))
+        future.add_done_callback(lambda f: _call_soon(loop, self._synced_to, target, f.exception()))
 
     def _synced_to(self, target: int, exc: BaseException | None) -> None:
         self._syncing = False
+        if self._closed:
+            return
         if exc is not None:
-            self._failed(f"cannot fsync {self.path}: {exc}")
+            self._failed(f"cannot fsync {self.path}: {exc}", needs_rewrite=True)
         else:
             self.fsyncs += 1
             self._synced = max(self._synced, target)
@@ -404,17 +425,27 @@ class AppendLog:
 
     # ---- failures ------------------------------------------------------------------------------------------------
 
-    def _failed(self, reason: str) -> None:
+    def _failed(self, reason: str, needs_rewrite: bool = False) -> None:
         self.write_errors += 1
         if self.error is None:
             logger.error("%s; writes are refused until it can be written again", reason)
         self.error = reason
-        if not self._retry_scheduled and self._loop is not None:
-            self._retry_scheduled = True
-            self._loop.call_later(_RETRY_AFTER, self._retry)
+        # after a failed fdatasync the kernel may have dropped the dirty pages and forgotten the error
+        # ("fsyncgate"): another fdatasync would succeed and prove nothing, a rewrite from memory does
+        self._needs_rewrite = self._needs_rewrite or needs_rewrite
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        if self._retry_handle is None and self._loop is not None and not self._closed:
+            self._retry_handle = self._loop.call_later(_RETRY_AFTER, self._retry)
 
     def _retry(self) -> None:
-        self._retry_scheduled = False
+        self._retry_handle = None
+        if self._closed:
+            return
+        if self._needs_rewrite:
+            self.rewrite()  # its success clears the error; its failure schedules the next attempt
+            return
         if not (self._flush_buffer() and self._sync_if_always()):
             return  # failed again: _failed scheduled the next attempt
         if self.error is not None:
@@ -426,67 +457,85 @@ class AppendLog:
 
     def rewrite(self) -> concurrent.futures.Future[None]:
         """Compact the log in the background; the future ends with it (the running one's, if one runs)."""
-        if self._tail is not None or self._loop is None:
-            return self._rewrite_done
-        tmp = os.path.join(os.path.dirname(self.path), f".{os.path.basename(self.path)}.rewrite.tmp")
+        if self._rewriting is not None:
+            return self._rewriting.done
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if self._loop is None or self._closed:
+            done.set_exception(PersistenceError(f"{self.path} is not open"))
+            return done
+        self._rewrites_started += 1
+        tmp = f"{self._tmp_prefix}{os.getpid()}-{self._rewrites_started}.tmp"
         base = self._base
 
         def work() -> None:  # in the forked child: the state as it was at the fork
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 for part in base():
                     f.write(part)
                 f.flush()
                 os.fsync(f.fileno())
 
-        self._tail = []
-        self._rewrite_done = concurrent.futures.Future()
-        started = time.monotonic()
-        future = run_in_child(work, "rewriting the append-only log")
+        rw = self._rewriting = _Rewrite(tmp, time.monotonic(), done)
+        future, rw.pid = run_in_child(work, "rewriting the append-only log")
         loop = self._loop
-        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._rewritten, tmp, f, started))
-        return self._rewrite_done
+        future.add_done_callback(lambda f: _call_soon(loop, self._rewritten, rw, f))
+        return done
 
-    def _rewritten(self, tmp: str, future: concurrent.futures.Future[None], started: float) -> None:
+    def _rewritten(self, rw: _Rewrite, future: concurrent.futures.Future[None]) -> None:
+        rw.pid = 0
+        if rw is not self._rewriting:
+            return  # abandoned (load_db, shutdown): _abandon cleaned up
         exc = future.exception()
-        if exc is None and self._loop is not None:
+        if exc is None:
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_APPEND)
+                rw.fd = os.open(rw.tmp, os.O_WRONLY | os.O_APPEND)
             except OSError as err:
                 exc = err
             else:
-                self._append_tail(tmp, fd, started)
+                self._append_tail(rw)
                 return
-        self._rewrite_failed(tmp, exc)
+        self._rewrite_failed(rw, exc)
 
-    def _append_tail(self, tmp: str, fd: int, started: float) -> None:
-        assert self._tail is not None and self._loop is not None
-        chunk, self._tail = b"".join(self._tail), []
-        loop = self._loop
+    def _append_tail(self, rw: _Rewrite) -> None:
+        chunk, rw.tail = b"".join(rw.tail), []
         try:
-            if len(chunk) > _TAIL_IN_LOOP:  # most of it in the thread; what arrives meanwhile, next round
-                future = self._thread.submit(_write_all, fd, chunk)
-                future.add_done_callback(lambda f: loop.call_soon_threadsafe(
-                    self._tail_written, tmp, fd, started, f.exception()))
+            if len(chunk) > _TAIL_IN_LOOP:  # most of it in a thread of its own; what arrives meanwhile, next round
+                if self._tail_thread is None:
+                    self._tail_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cyberdb-tail")
+                loop = self._loop
+                assert loop is not None
+                future = self._tail_thread.submit(_write_all, rw.fd, chunk)
+                future.add_done_callback(lambda f: _call_soon(loop, self._tail_written, rw, f.exception()))
                 return
-            _write_all(fd, chunk)
-            _fdatasync(fd)
-            os.replace(tmp, self.path)
+            _write_all(rw.fd, chunk)
+            _fdatasync(rw.fd)
+            os.replace(rw.tmp, self.path)
             _fsync_directory(self.path)
         except OSError as exc:
-            os.close(fd)
-            self._rewrite_failed(tmp, exc)
+            self._rewrite_failed(rw, exc)
             return
-        self._switch_to(fd)
-        self._tail = None
+        self._switch_to(rw.fd)
+        rw.fd = -1
+        self._rewriting = None
         self._buffer.clear()  # whatever was not written yet is in the tail, hence in the new file
         self._written = self._synced = self._acked = self._appended
         self._set_base(os.fstat(self._fd).st_size)
+        if self.error is not None:
+            logger.warning("%s was rewritten from memory; writes are accepted", self.path)
         self.error = None
+        self._needs_rewrite = False
         self.rewrites += 1
         self._release()
-        self._rewrite_done.set_result(None)
-        logger.info("rewrote %s: %d bytes in %.2f s", self.path, self._size, time.monotonic() - started)
+        rw.done.set_result(None)
+        logger.info("rewrote %s: %d bytes in %.2f s", self.path, self._size, time.monotonic() - rw.started)
+
+    def _tail_written(self, rw: _Rewrite, exc: BaseException | None) -> None:
+        if rw is not self._rewriting:
+            return
+        if exc is not None:
+            self._rewrite_failed(rw, exc)
+        else:
+            self._append_tail(rw)
 
     def _switch_to(self, fd: int) -> None:
         """Write to the file open as ``fd`` from now on, under the same descriptor number."""
@@ -498,23 +547,33 @@ class AppendLog:
         os.close(fd)
         self._thread.submit(os.close, old)
 
-    def _tail_written(self, tmp: str, fd: int, started: float, exc: BaseException | None) -> None:
-        if exc is not None:
-            os.close(fd)
-            self._rewrite_failed(tmp, exc)
-        else:
-            self._append_tail(tmp, fd, started)
-
-    def _rewrite_failed(self, tmp: str, exc: BaseException | None) -> None:
-        self._tail = None
+    def _rewrite_failed(self, rw: _Rewrite, exc: BaseException | None) -> None:
+        self._abandon(rw, PersistenceError(f"rewriting {self.path} failed: {exc}"))
         self._rewrite_retry_at = time.monotonic() + 10.0
         logger.error("rewriting %s failed (the log goes on as it was; retried later): %s", self.path, exc)
+        if self._needs_rewrite:
+            self._schedule_retry()
+
+    def _abandon(self, rw: _Rewrite | None, exc: PersistenceError) -> None:
+        """Give up a rewrite: stop its child, drop its file, fail its future."""
+        if rw is None:
+            return
+        if self._rewriting is rw:
+            self._rewriting = None
+        if rw.pid:
+            try:
+                os.kill(rw.pid, signal.SIGKILL)  # its waiting thread reaps it
+            except OSError:
+                pass
+        if rw.fd >= 0:
+            os.close(rw.fd)
+            rw.fd = -1
         try:
-            os.unlink(tmp)
+            os.unlink(rw.tmp)
         except OSError:
             pass
-        self._rewrite_done.set_exception(exc if isinstance(exc, PersistenceError) else
-                                         PersistenceError(f"rewriting {self.path} failed: {exc}"))
+        if not rw.done.done():
+            rw.done.set_exception(exc)
 
     # ---- shutdown ------------------------------------------------------------------------------------------------
 
@@ -523,8 +582,18 @@ class AppendLog:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+            self._retry_handle = None
         self._store.on_write = None
-        if self._flush_buffer():
+        self._abandon(self._rewriting, PersistenceError("the server stopped during the rewrite"))
+        if self.error is not None:  # write the whole state from memory instead: the file may lack records
+            try:
+                self._write_base_now()
+                self._acked = self._appended
+            except PersistenceError as exc:
+                logger.error("cannot write %s at shutdown: %s", self.path, exc)
+        elif self._flush_buffer():
             try:
                 _fdatasync(self._fd)
                 self.fsyncs += 1
@@ -533,14 +602,37 @@ class AppendLog:
                 logger.error("cannot fsync %s at shutdown: %s", self.path, exc)
         self._release()
         self._held.clear()
+        self._closed = True
         self._thread.shutdown(wait=True)
+        if self._tail_thread is not None:
+            self._tail_thread.shutdown(wait=True)
         os.close(self._fd)
 
     def info(self) -> dict[str, Any]:
         """Counters and state, for ``Server.info()``."""
         return {"file": self.path, "fsync": self.config.fsync.value, "size": self._size,
-                "rewriting": self._tail is not None, "error": self.error, "records": self.records,
+                "rewriting": self._rewriting is not None, "error": self.error, "records": self.records,
                 "fsyncs": self.fsyncs, "rewrites": self.rewrites, "write_errors": self.write_errors}
+
+
+@dataclass(eq=False)
+class _Rewrite:
+    """A rewrite in progress: its temporary file, child, and the records logged since its fork."""
+
+    tmp: str
+    started: float
+    done: concurrent.futures.Future[None]
+    pid: int = 0  # the child, while it runs
+    fd: int = -1  # the temporary file, once the child wrote the base
+    tail: list[bytes] = field(default_factory=list)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    """``loop.call_soon_threadsafe``, from a helper thread, unless the loop has closed meanwhile (shutdown)."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        pass
 
 
 def _writes_in_pipeline(args: list[Any]) -> bool:

@@ -29,10 +29,11 @@ CAN_FORK = hasattr(os, "fork")
 _MAX_MESSAGE = 4096
 
 
-def run_in_child(work: Callable[[], None], what: str) -> concurrent.futures.Future[None]:
+def run_in_child(work: Callable[[], None], what: str) -> tuple[concurrent.futures.Future[None], int]:
     """Run ``work()`` on a copy-on-write image of this process; the future ends when it has.
 
-    The future's exception is a :class:`PersistenceError` saying why the child failed.
+    Returns the future and the child's pid (0 when ``work`` ran inline).  The future's exception is a
+    :class:`PersistenceError` saying why the child failed.
     """
     done: concurrent.futures.Future[None] = concurrent.futures.Future()
     if not CAN_FORK:
@@ -41,7 +42,7 @@ def run_in_child(work: Callable[[], None], what: str) -> concurrent.futures.Futu
             done.set_result(None)
         except Exception as exc:  # noqa: BLE001 - handed to the caller
             done.set_exception(_as_persistence_error(exc, what))
-        return done
+        return done, 0
     read_fd, write_fd = os.pipe()
     try:
         with warnings.catch_warnings():
@@ -53,12 +54,12 @@ def run_in_child(work: Callable[[], None], what: str) -> concurrent.futures.Futu
         os.close(read_fd)
         os.close(write_fd)
         done.set_exception(PersistenceError(f"{what} failed: cannot fork: {exc}"))
-        return done
+        return done, 0
     if pid == 0:  # pragma: no cover - the child; its outcome is checked by the parent's tests
         _child(work, read_fd, write_fd)
     os.close(write_fd)
     threading.Thread(target=_wait, args=(pid, read_fd, what, done), name=f"cyberdb-{what}", daemon=True).start()
-    return done
+    return done, pid
 
 
 def _child(work: Callable[[], None], read_fd: int, write_fd: int) -> None:  # pragma: no cover
@@ -70,6 +71,7 @@ def _child(work: Callable[[], None], read_fd: int, write_fd: int) -> None:  # pr
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
+        _die_with_parent()
         gc.disable()  # a collection would touch every object and copy the parent's pages for nothing
         # the listening socket and the clients' sockets must close when the parent closes them: keep only
         # the pipe (the work opens its own files)
@@ -86,12 +88,29 @@ def _child(work: Callable[[], None], read_fd: int, write_fd: int) -> None:  # pr
         os._exit(code)
 
 
+def _die_with_parent() -> None:  # pragma: no cover - the child
+    # an orphan would go on writing a file nobody will rename (and hold memory) after the server was killed
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG (Linux; elsewhere the child finishes on its own)
+        if os.getppid() == 1:  # the parent died before prctl: nobody will read the result
+            os._exit(1)
+    except (OSError, AttributeError):
+        pass
+
+
 def _wait(pid: int, read_fd: int, what: str, done: concurrent.futures.Future[None]) -> None:
     chunks = []
-    with os.fdopen(read_fd, "rb") as pipe:
-        while chunk := pipe.read(_MAX_MESSAGE):
-            chunks.append(chunk)
-    _pid, status = os.waitpid(pid, 0)
+    try:
+        with os.fdopen(read_fd, "rb") as pipe:
+            while chunk := pipe.read(_MAX_MESSAGE):
+                chunks.append(chunk)
+        _pid, status = os.waitpid(pid, 0)
+    except OSError as exc:  # e.g. someone else reaped the child: its outcome is unknown
+        done.set_exception(PersistenceError(f"{what} failed: cannot wait for the child: {exc}"))
+        return
     code = os.waitstatus_to_exitcode(status)
     if code == 0:
         done.set_result(None)

@@ -90,6 +90,8 @@ class ServerConnection(asyncio.Protocol):
         self._client_id = ANONYMOUS
         self._wrote = False  # a write was among the requests whose replies are being gathered
         self._held = 0  # outputs waiting in the append-only log until the writes they answer are kept
+        self._held_bytes = 0
+        self._held_paused = False  # reading paused: too many bytes of replies wait for the log
         self._closing = False  # close once the held outputs are sent
         self.requests = 0
 
@@ -135,7 +137,7 @@ class ServerConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:  # noqa: D102
         self._paused = False
-        if self._transport is not None and not self._transport.is_closing():
+        if self._transport is not None and not self._transport.is_closing() and not self._held_paused:
             self._transport.resume_reading()
             self._process()
 
@@ -153,7 +155,7 @@ class ServerConnection(asyncio.Protocol):
     def _process(self) -> None:
         """Execute the complete requests received so far (until writing is paused) and write the replies."""
         session, transport = self._session, self._transport
-        if session is None or transport is None or self._paused:
+        if session is None or transport is None or self._paused or self._held_paused:
             return
         replies: list[bytes] = []
         pending = 0
@@ -177,7 +179,7 @@ class ServerConnection(asyncio.Protocol):
                     self._send(b"".join(replies))
                     replies.clear()
                     pending = 0
-                if self._paused:
+                if self._paused or self._held_paused:
                     break
                 request = session.next_request()
             if replies:
@@ -194,11 +196,22 @@ class ServerConnection(asyncio.Protocol):
                 transport.close()
 
     def _send(self, data: bytes) -> None:
-        """Write replies, unless the writes they answer are not kept by the append-only log yet."""
+        """Write replies, unless they depend on writes the append-only log does not keep yet.
+
+        A reply waits if this connection wrote and the log is behind, and also, while the log is healthy, a
+        read's reply (it may show another client's write that is not kept yet: Redis holds every reply of a
+        loop turn until its log is written too).  While the log cannot be written, reads go on.
+        """
         log = self._ctx.log
-        if log is not None and (self._held or self._wrote and not log.ready()):
+        if log is not None and (self._held or (self._wrote or log.error is None) and not log.ready()):
             self._held += 1
+            self._held_bytes += len(data)
             log.hold(self, data)
+            if self._held_bytes > _FLUSH_BYTES and not self._held_paused:
+                # as pause_writing: a client that keeps sending must not make the server run and hold everything
+                self._held_paused = True
+                assert self._transport is not None
+                self._transport.pause_reading()
         else:
             assert self._transport is not None
             self._transport.write(data)
@@ -207,11 +220,18 @@ class ServerConnection(asyncio.Protocol):
     def release(self, data: bytes) -> None:
         """Send replies the append-only log held (it has the writes they answer now)."""
         self._held -= 1
+        self._held_bytes -= len(data)
         transport = self._transport
-        if transport is not None and not transport.is_closing():
-            transport.write(data)
-            if self._closing and not self._held:
-                transport.close()
+        if transport is None or transport.is_closing():
+            return
+        transport.write(data)
+        if self._closing and not self._held:
+            transport.close()
+        elif self._held_paused and self._held_bytes <= _FLUSH_BYTES // 2:
+            self._held_paused = False
+            if not self._paused:
+                transport.resume_reading()
+                asyncio.get_running_loop().call_soon(self._process)  # not from inside the log's release loop
 
     def close(self) -> None:
         """Close this connection once its buffered replies are sent (server shutdown)."""
@@ -278,7 +298,8 @@ class ServerConnection(asyncio.Protocol):
             if log is not None and log.refuses(spec, args):
                 return session.reply(req_id, *refused(log))
             self._wrote = True  # its reply waits until the log has the write (see _send)
-            return session.reply(req_id, *self._store.outcome(spec, args, True, (ANONYMOUS, req_id, ack, payload)))
+            origin = (ANONYMOUS, req_id, ack, payload) if log is not None else None
+            return session.reply(req_id, *self._store.outcome(spec, args, True, origin))
         # ClientRecord.lookup/remember, inlined: this runs for every write
         if ack > client.ack:
             client.ack = ack
@@ -289,7 +310,8 @@ class ServerConnection(asyncio.Protocol):
                 return session.reply(req_id, *stale(req_id))
             if log is not None and log.refuses(spec, args):  # not run, hence not cached: a re-send may run it
                 return session.reply(req_id, *refused(log))
-            reply = replies[req_id] = self._store.outcome(spec, args, True, (self._client_id, req_id, ack, payload))
+            origin = (self._client_id, req_id, ack, payload) if log is not None else None
+            reply = replies[req_id] = self._store.outcome(spec, args, True, origin)
             if len(replies) > PRUNE_AT:
                 client.prune(self._ctx.replies.max_per_client)
         elif self._log:
