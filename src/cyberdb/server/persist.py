@@ -278,6 +278,7 @@ class RecordKind(enum.IntEnum):
 
 
 _COMMAND_KIND = int(RecordKind.COMMAND)
+assert _COMMAND_KIND == 1  # command_record writes it as a literal
 _END_KIND = int(RecordKind.END)
 _KIND_OF = {int(kind): kind for kind in RecordKind}
 COMMAND_HEADER = _COMMAND  # kind, client id, request id, ack, time, command id: the body's first bytes
@@ -295,11 +296,12 @@ def frame_record(body: bytes) -> bytes:
     return head + zlib.crc32(head).to_bytes(4, "big") + body
 
 
-def command_record(client: bytes, req_id: int, ack: int, when: float, op: int, payload: bytes) -> bytes:
-    """The record of one write as it arrived (the hot path: a struct and two CRCs)."""
-    body = _COMMAND.pack(_COMMAND_KIND, client, req_id, ack, when, op) + payload
-    head = _LENGTH_AND_CRC.pack(len(body), zlib.crc32(body))
-    return head + zlib.crc32(head).to_bytes(4, "big") + body
+def command_record(client: bytes, req_id: int, ack: int, when: float, op: int, payload: bytes,
+                   _pack: Any = _COMMAND.pack, _head: Any = _LENGTH_AND_CRC.pack, _crc32: Any = zlib.crc32) -> bytes:
+    """The record of one write as it arrived (the hot path: a struct and two CRCs; defaults bind the helpers)."""
+    body = _pack(1, client, req_id, ack, when, op) + payload
+    head = _head(len(body), _crc32(body))
+    return head + _crc32(head).to_bytes(4, "big") + body
 
 
 @dataclass(frozen=True)
