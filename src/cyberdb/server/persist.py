@@ -43,7 +43,7 @@ import os
 import struct
 import tempfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -297,7 +297,8 @@ def frame_record(body: bytes) -> bytes:
 
 
 def command_record(client: bytes, req_id: int, ack: int, when: float, op: int, payload: bytes,
-                   _pack: Any = _COMMAND.pack, _head: Any = _LENGTH_AND_CRC.pack, _crc32: Any = zlib.crc32) -> bytes:
+                   _pack: Callable[..., bytes] = _COMMAND.pack, _head: Callable[..., bytes] = _LENGTH_AND_CRC.pack,
+                   _crc32: Callable[..., int] = zlib.crc32) -> bytes:
     """The record of one write as it arrived (the hot path: a struct and two CRCs; defaults bind the helpers)."""
     body = _pack(1, client, req_id, ack, when, op) + payload
     head = _head(len(body), _crc32(body))
