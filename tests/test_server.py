@@ -106,10 +106,22 @@ def test_password_never_on_the_wire(server: ServerProcess) -> None:
 
 # ---- whitelist ------------------------------------------------------------------------------------------------
 
-def test_whitelist_refuses_other_addresses(make_server) -> None:  # type: ignore[no-untyped-def]
+def refusal_from(source: str, port: int) -> bytes:
+    """Connect from loopback address ``source`` (e.g. 127.0.0.2) and return what the server sends before closing."""
+    with socket.socket() as sock:
+        sock.settimeout(10)
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+        return data
+
+
+def test_whitelist_refuses_other_addresses_but_never_127_0_0_1(make_server) -> None:  # type: ignore[no-untyped-def]
     srv = make_server(extra=["--whitelist", "10.0.0.0/8"])
-    with pytest.raises(cyberdb.ConnectionError, match="whitelist"):
-        srv.connect()
+    assert b"whitelist" in refusal_from("127.0.0.2", srv.port)
+    _still_serves(srv)  # from 127.0.0.1: always allowed, as in cyberdb 0.9.3
 
 
 def test_whitelist_accepts_cidr_ranges_with_encryption(make_server) -> None:  # type: ignore[no-untyped-def]
@@ -123,11 +135,18 @@ def test_encryption_defaults_to_loopback_whitelist_in_process() -> None:
     try:
         assert db._ctx is not None and db._ctx.whitelist is not None
         assert [str(n) for n in db._ctx.whitelist] == ["127.0.0.1/32", "::1/128"]
-        client = cyberdb.connect("127.0.0.1", db.port, password="pw", encrypt=True)
+        assert db.port is not None
+        assert b"whitelist" in refusal_from("127.0.0.2", db.port)
+        db.set_ip_whitelist(["192.0.2.0/24", "127.0.0.2"])  # applies at once to new connections
+        client = cyberdb.connect("127.0.0.1", db.port, password="pw", encrypt=True)  # loopback stays allowed
         client.close()
-        db.set_ip_whitelist(["192.0.2.0/24"])  # applies at once to new connections
-        with pytest.raises(cyberdb.ConnectionError, match="whitelist"):
-            cyberdb.connect("127.0.0.1", db.port, password="pw", encrypt=True)
+        with socket.socket() as sock:  # and 127.0.0.2 is now let in: it is in the handshake, not refused
+            sock.bind(("127.0.0.2", 0))
+            sock.connect(("127.0.0.1", db.port))
+            deadline = time.monotonic() + 10
+            while db.info()["unauthenticated"] != 1:
+                assert time.monotonic() < deadline, "the connection from 127.0.0.2 never reached the handshake"
+                time.sleep(0.01)  # polling a readiness condition
     finally:
         db.stop()
 

@@ -64,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--aof-rewrite-factor", type=float, default=2.0, metavar="F",
                        help="compact the log when it is F times its size after the last compaction")
     serve.add_argument("--aof-rewrite-min-size", type=int, default=16 << 20, metavar="BYTES")
-    serve.add_argument("--whitelist", nargs="*", metavar="IP_OR_CIDR")
+    serve.add_argument("--whitelist", nargs="*", metavar="IP_OR_CIDR",
+                       help="accept only these (loopback addresses are always accepted)")
+    serve.add_argument("--max-unauthenticated", type=int, default=1024, metavar="N",
+                       help="connections still in the handshake, from all addresses (apart from --max-con)")
+    serve.add_argument("--max-unauthenticated-per-ip", type=int, default=128, metavar="N")
+    serve.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS")
     serve.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                        help="event loop (auto: uvloop if installed)")
     check = sub.add_parser("check", help="verify a snapshot or append-only log and summarise it",
@@ -89,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                               rewrite_min_size=args.aof_rewrite_min_size)
         if args.whitelist is not None:
             db.set_ip_whitelist(args.whitelist)
+        db.set_limits(args.max_unauthenticated, args.max_unauthenticated_per_ip, args.handshake_timeout)
         db.run(host=args.host, port=args.port, password=args.password, max_con=args.max_con,
                timeout=args.timeout, print_log=args.log, encrypt=args.encrypt)
     except (OSError, ValueError, PersistenceError) as exc:

@@ -27,7 +27,7 @@ from ..errors import PersistenceError
 from .aof import AppendLog, Fsync, LogConfig
 from .background import run_in_child
 from .dedup import ReplyCache
-from .net import ServerConnection, ServerContext, parse_networks
+from .net import Limits, ServerConnection, ServerContext, parse_networks
 from .persist import encode_snapshot, read_state, write_atomic
 from .store import Store
 
@@ -63,6 +63,7 @@ class Server:
         self._whitelist: list[str] | None = None
         self._backup: tuple[str, float] | None = None
         self._log_config: LogConfig | None = None
+        self._limits = Limits()
         self._log: AppendLog | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -99,6 +100,28 @@ class Server:
         if self._ctx is not None:
             ctx = self._ctx
             self._call_in_loop(lambda: setattr(ctx, "whitelist", networks))
+
+    def set_limits(self, max_unauthenticated: int = 1024, max_unauthenticated_per_ip: int = 128,
+                   handshake_timeout: float = 10.0) -> None:
+        """Bound what peers that have not authenticated (yet) may hold; call before ``start()``/``run()``.
+
+        Such connections do not count toward ``max_con``: a peer that opens sockets and never authenticates can
+        fill only its own budget, not lock out the clients that know the password.
+
+        Args:
+            max_unauthenticated: connections in the handshake at once, from all addresses.
+            max_unauthenticated_per_ip: ... from one source address.
+            handshake_timeout: seconds a connection may take to authenticate before it is closed.
+
+        Raises:
+            ValueError: a limit below 1 or a timeout not above 0.
+        """
+        if max_unauthenticated < 1 or max_unauthenticated_per_ip < 1 or not handshake_timeout > 0:
+            raise ValueError("the limits must be at least 1 and the handshake timeout above 0")
+        self._limits = Limits(int(max_unauthenticated), int(max_unauthenticated_per_ip), float(handshake_timeout))
+        if self._ctx is not None:
+            ctx, limits = self._ctx, self._limits
+            self._call_in_loop(lambda: setattr(ctx, "limits", limits))
 
     def set_backup(self, file_name: str = "data.cdb", cycle: float = 900) -> None:
         """Save a snapshot to ``file_name`` every ``cycle`` seconds, and once more on a clean shutdown."""
@@ -154,7 +177,8 @@ class Server:
     def info(self) -> dict[str, Any]:
         """State and counters: tables, connections, and the append-only log (file, policy, size, fsyncs, ...)."""
         def collect() -> dict[str, Any]:
-            return {"tables": len(self._store), "connections": len(self._ctx.connections) if self._ctx else 0,
+            return {"tables": len(self._store), "connections": self._ctx.authenticated if self._ctx else 0,
+                    "unauthenticated": sum(self._ctx.unauthenticated.values()) if self._ctx else 0,
                     "append_log": self._log.info() if self._log is not None else None,
                     "backup": {"file": self._backup[0], "cycle": self._backup[1]} if self._backup else None}
         return self._call_in_loop(collect)
@@ -276,7 +300,7 @@ class Server:
             store=self._store, master=crypto.derive_master_key(password, salt), salt=salt,
             iterations=crypto.PBKDF2_ITERATIONS, encrypt=bool(encrypt), max_con=int(max_con),
             timeout=float(timeout), whitelist=parse_networks(whitelist) if whitelist is not None else None,
-            replies=self._replies, log=log)
+            replies=self._replies, log=log, limits=self._limits)
         try:
             sock = socket.create_server(address, family=family, backlog=1024)
         except OSError as exc:

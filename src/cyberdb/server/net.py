@@ -26,16 +26,27 @@ from .store import Store, encode_error
 
 logger = logging.getLogger(__name__)
 
-HANDSHAKE_TIMEOUT = 10.0  # seconds an unauthenticated connection may stay open
 _FLUSH_BYTES = 256 << 10
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
+
+
 def parse_networks(entries: Iterable[str]) -> list[IPNetwork]:
-    """Parse addresses and CIDR ranges; raise ``ValueError`` for anything else."""
+    """Parse addresses and CIDR ranges; raise ``ValueError`` for anything else.
+
+    Loopback addresses are always added, as cyberdb 0.9.3 kept ``127.0.0.1`` allowed: a whitelist for remote hosts
+    must not lock out the Flask workers on the server's own machine.
+    """
     if isinstance(entries, str):
         raise TypeError("set_ip_whitelist takes a list of addresses, not a single string")
-    return [ipaddress.ip_network(str(entry).strip(), strict=False) for entry in entries]
+    networks = list(LOOPBACK)
+    for entry in entries:
+        net = ipaddress.ip_network(str(entry).strip(), strict=False)
+        if net not in networks:
+            networks.append(net)
+    return networks
 
 
 def address_allowed(host: str, networks: list[IPNetwork]) -> bool:
@@ -56,6 +67,15 @@ def refused(log: AppendLog) -> tuple[int, bytes]:
     return error_code(exc), encode_error(exc, "")
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What unauthenticated peers may hold, apart from ``max_con`` (see ``Server.set_limits``)."""
+
+    max_unauthenticated: int = 1024
+    max_unauthenticated_per_ip: int = 128
+    handshake_timeout: float = 10.0
+
+
 @dataclass(eq=False)
 class ServerContext:
     """What every connection of one server shares."""
@@ -70,7 +90,10 @@ class ServerContext:
     whitelist: list[IPNetwork] | None
     replies: ReplyCache = field(default_factory=ReplyCache)
     log: AppendLog | None = None
-    connections: set[ServerConnection] = field(default_factory=set)
+    limits: Limits = field(default_factory=lambda: Limits())
+    connections: set[ServerConnection] = field(default_factory=set)  # every open one (shutdown closes them)
+    authenticated: int = 0  # of which authenticated: these count toward max_con
+    unauthenticated: dict[str, int] = field(default_factory=dict)  # per source address, still in the handshake
 
 
 class ServerConnection(asyncio.Protocol):
@@ -93,6 +116,8 @@ class ServerConnection(asyncio.Protocol):
         self._held_bytes = 0
         self._held_paused = False  # reading paused: too many bytes of replies wait for the log
         self._closing = False  # close once the held outputs are sent
+        self._host: str | None = None  # counted in ctx.unauthenticated under this address until authenticated
+        self._counted = False  # counted in ctx.authenticated
         self.requests = 0
 
     def __repr__(self) -> str:
@@ -111,16 +136,31 @@ class ServerConnection(asyncio.Protocol):
             logger.warning("refused %s: address not in the whitelist", self._peer)
             self._refuse("address not allowed by the server's whitelist")
             return
-        if len(ctx.connections) >= ctx.max_con:
+        if ctx.authenticated >= ctx.max_con:
             logger.warning("refused %s: max_con=%d reached", self._peer, ctx.max_con)
             self._refuse(f"too many connections (max_con={ctx.max_con})")
             return
+        # connections still in the handshake have a budget of their own, in total and per address, so that
+        # peers that never authenticate cannot keep the clients that do out (max_con counts only those)
+        host, limits = (peer[0] if peer else "?"), ctx.limits
+        waiting = ctx.unauthenticated.get(host, 0)
+        if waiting >= limits.max_unauthenticated_per_ip or sum(ctx.unauthenticated.values()) >= \
+                limits.max_unauthenticated:
+            logger.warning("refused %s: too many connections still in the handshake", self._peer)
+            self._refuse("too many unauthenticated connections from this address")
+            return
+        ctx.unauthenticated[host] = waiting + 1
+        self._host = host
         ctx.connections.add(self)
         self._session = protocol.ServerSession(ctx.master, ctx.salt, ctx.iterations, ctx.encrypt)
-        self._timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._check_timeout)
+        self._timer = asyncio.get_running_loop().call_later(limits.handshake_timeout, self._check_timeout)
         logger.info("connection from %s (%d open)", self._peer, len(ctx.connections))
 
     def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
+        self._leave_handshake()
+        if self._counted:
+            self._counted = False
+            self._ctx.authenticated -= 1
         if self in self._ctx.connections:
             self._ctx.connections.discard(self)
             logger.info("connection from %s closed after %d requests", self._peer, self.requests)
@@ -250,8 +290,25 @@ class ServerConnection(asyncio.Protocol):
         self._transport.write(protocol.reject_frame(reason))
         self._transport.close()
 
+    def _leave_handshake(self) -> None:
+        host, self._host = self._host, None
+        if host is not None:
+            left = self._ctx.unauthenticated[host] - 1
+            if left:
+                self._ctx.unauthenticated[host] = left
+            else:
+                del self._ctx.unauthenticated[host]
+
     def _authenticated(self) -> None:
         assert self._session is not None
+        self._leave_handshake()
+        if self._ctx.authenticated >= self._ctx.max_con:  # others authenticated meanwhile: max_con is a hard limit
+            logger.warning("closing %s: max_con=%d reached", self._peer, self._ctx.max_con)
+            assert self._transport is not None
+            self._transport.close()
+            return
+        self._ctx.authenticated += 1
+        self._counted = True
         self._client_id = self._session.client_id
         self._client = self._ctx.replies.record(self._client_id)
         # the handshake deadline is over; from now on only the idle timeout (if any) applies
@@ -267,7 +324,8 @@ class ServerConnection(asyncio.Protocol):
         if transport is None or session is None or transport.is_closing():
             return
         if not session.ready:
-            logger.warning("closing %s: no authentication within %.0f s", self._peer, HANDSHAKE_TIMEOUT)
+            logger.warning("closing %s: no authentication within %.1f s", self._peer,
+                           self._ctx.limits.handshake_timeout)
             transport.close()
             return
         idle = time.monotonic() - self._last_active
