@@ -7,12 +7,15 @@ addresses are used, and every socket and process is closed by the test.
 from __future__ import annotations
 
 import socket
+import struct
+import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import ServerProcess
+from conftest import PASSWORD, ServerProcess
 
 import cyberdb
+from cyberdb import protocol
 
 ATTACKER = "127.0.0.2"
 MAX_CON = 20
@@ -88,3 +91,56 @@ def test_set_limits_validates() -> None:
         db.set_limits(max_unauthenticated=0)
     with pytest.raises(ValueError):
         db.set_limits(handshake_timeout=0)
+
+
+def authenticated_socket(port: int, password: str) -> socket.socket:
+    """A raw socket that completed the handshake (the sans-IO client session does the protocol)."""
+    session = protocol.ClientSession(password, False)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(session.start())
+    while not session.ready:
+        session.feed(sock.recv(65536))
+        out = session.handshake()
+        if out:
+            sock.sendall(out)
+    return sock
+
+
+def test_a_trickled_frame_is_cut_off_and_its_bytes_freed(in_process) -> None:  # type: ignore[no-untyped-def]
+    db = cyberdb.Server()
+    db.set_limits(min_frame_rate=100_000)
+    in_process(db)
+    sock = authenticated_socket(db.port, PASSWORD)
+    try:
+        sock.sendall(struct.pack("!I", 60 << 20) + b"\x00" * 200_000)  # announces 60 MiB, sends 200 kB
+        deadline = time.monotonic() + 20  # bounds the test; the server should cut it ~2-3 s in
+        closed = False
+        while time.monotonic() < deadline and not closed:
+            time.sleep(0.2)  # the trickle itself: one byte every 0.2 s
+            try:
+                sock.sendall(b"\x00")
+            except OSError:
+                closed = True
+        assert closed, "the server kept a trickling connection"
+        assert db.info()["partial_bytes"] == 0  # what it held is released
+        client = cyberdb.connect(port=db.port, password=PASSWORD)
+        with client.get_proxy() as proxy:  # and everyone else is served as before
+            proxy.create_cyberdict("ok")["k"] = 1
+        client.close()
+    finally:
+        sock.close()
+
+
+def test_unfinished_frames_are_capped_across_connections(in_process) -> None:  # type: ignore[no-untyped-def]
+    db = cyberdb.Server()
+    db.set_limits(max_partial_bytes=1 << 20)
+    in_process(db)
+    socks = [authenticated_socket(db.port, PASSWORD) for _ in range(3)]
+    try:
+        for sock in socks:  # 3 x 600 kB of unfinished 10 MiB frames: the one passing 1 MiB is closed
+            sock.sendall(struct.pack("!I", 10 << 20) + b"\x00" * 600_000)
+        assert sum(closed_by_server(sock, 5) for sock in socks) >= 1
+        assert db.info()["partial_bytes"] <= 1 << 20
+    finally:
+        for sock in socks:
+            sock.close()

@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="connections still in the handshake, from all addresses (apart from --max-con)")
     serve.add_argument("--max-unauthenticated-per-ip", type=int, default=128, metavar="N")
     serve.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS")
+    serve.add_argument("--min-frame-rate", type=int, default=32 << 10, metavar="BYTES_PER_S",
+                       help="a request must arrive at least this fast once started (checked after 2 s)")
+    serve.add_argument("--max-partial-bytes", type=int, default=512 << 20, metavar="BYTES",
+                       help="bytes of unfinished requests held for all connections together")
     serve.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                        help="event loop (auto: uvloop if installed)")
     check = sub.add_parser("check", help="verify a snapshot or append-only log and summarise it",
@@ -94,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                               rewrite_min_size=args.aof_rewrite_min_size)
         if args.whitelist is not None:
             db.set_ip_whitelist(args.whitelist)
-        db.set_limits(args.max_unauthenticated, args.max_unauthenticated_per_ip, args.handshake_timeout)
+        db.set_limits(args.max_unauthenticated, args.max_unauthenticated_per_ip, args.handshake_timeout,
+                      args.min_frame_rate, args.max_partial_bytes)
         db.run(host=args.host, port=args.port, password=args.password, max_con=args.max_con,
                timeout=args.timeout, print_log=args.log, encrypt=args.encrypt)
     except (OSError, ValueError, PersistenceError) as exc:

@@ -102,8 +102,9 @@ class Server:
             self._call_in_loop(lambda: setattr(ctx, "whitelist", networks))
 
     def set_limits(self, max_unauthenticated: int = 1024, max_unauthenticated_per_ip: int = 128,
-                   handshake_timeout: float = 10.0) -> None:
-        """Bound what peers that have not authenticated (yet) may hold; call before ``start()``/``run()``.
+                   handshake_timeout: float = 10.0, min_frame_rate: int = 32 << 10,
+                   max_partial_bytes: int = 512 << 20) -> None:
+        """Bound what peers that have not authenticated (yet), and slow senders, may hold.
 
         Such connections do not count toward ``max_con``: a peer that opens sockets and never authenticates can
         fill only its own budget, not lock out the clients that know the password.
@@ -112,13 +113,19 @@ class Server:
             max_unauthenticated: connections in the handshake at once, from all addresses.
             max_unauthenticated_per_ip: ... from one source address.
             handshake_timeout: seconds a connection may take to authenticate before it is closed.
+            min_frame_rate: bytes per second a request must arrive at once it started, measured after 2 s (a
+                client announcing 60 MiB and trickling it is closed, and the bytes it held are freed).
+            max_partial_bytes: bytes of unfinished requests held for all connections together; the connection
+                whose bytes pass it is closed.
 
         Raises:
             ValueError: a limit below 1 or a timeout not above 0.
         """
-        if max_unauthenticated < 1 or max_unauthenticated_per_ip < 1 or not handshake_timeout > 0:
+        if min(max_unauthenticated, max_unauthenticated_per_ip, min_frame_rate, max_partial_bytes) < 1 or \
+                not handshake_timeout > 0:
             raise ValueError("the limits must be at least 1 and the handshake timeout above 0")
-        self._limits = Limits(int(max_unauthenticated), int(max_unauthenticated_per_ip), float(handshake_timeout))
+        self._limits = Limits(int(max_unauthenticated), int(max_unauthenticated_per_ip), float(handshake_timeout),
+                              int(min_frame_rate), int(max_partial_bytes))
         if self._ctx is not None:
             ctx, limits = self._ctx, self._limits
             self._call_in_loop(lambda: setattr(ctx, "limits", limits))
@@ -179,6 +186,7 @@ class Server:
         def collect() -> dict[str, Any]:
             return {"tables": len(self._store), "connections": self._ctx.authenticated if self._ctx else 0,
                     "unauthenticated": sum(self._ctx.unauthenticated.values()) if self._ctx else 0,
+                    "partial_bytes": self._ctx.partial_bytes if self._ctx else 0,
                     "append_log": self._log.info() if self._log is not None else None,
                     "backup": {"file": self._backup[0], "cycle": self._backup[1]} if self._backup else None}
         return self._call_in_loop(collect)

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 _FLUSH_BYTES = 256 << 10
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+FRAME_GRACE = 2.0  # seconds a frame may take before its rate is checked (a slow start is not an attack)
 
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
@@ -74,6 +75,8 @@ class Limits:
     max_unauthenticated: int = 1024
     max_unauthenticated_per_ip: int = 128
     handshake_timeout: float = 10.0
+    min_frame_rate: int = 32 << 10  # bytes/s a frame must arrive at once started (after FRAME_GRACE seconds)
+    max_partial_bytes: int = 512 << 20  # bytes of unfinished frames held for all connections together
 
 
 @dataclass(eq=False)
@@ -94,6 +97,7 @@ class ServerContext:
     connections: set[ServerConnection] = field(default_factory=set)  # every open one (shutdown closes them)
     authenticated: int = 0  # of which authenticated: these count toward max_con
     unauthenticated: dict[str, int] = field(default_factory=dict)  # per source address, still in the handshake
+    partial_bytes: int = 0  # bytes of frames that started arriving and are not complete yet, all connections
 
 
 class ServerConnection(asyncio.Protocol):
@@ -118,6 +122,9 @@ class ServerConnection(asyncio.Protocol):
         self._closing = False  # close once the held outputs are sent
         self._host: str | None = None  # counted in ctx.unauthenticated under this address until authenticated
         self._counted = False  # counted in ctx.authenticated
+        self._partial = 0  # bytes of an unfinished frame, counted in ctx.partial_bytes
+        self._frame_started = 0.0  # when the unfinished frame began (0: none)
+        self._frame_bytes = 0  # its bytes then
         self.requests = 0
 
     def __repr__(self) -> str:
@@ -157,6 +164,7 @@ class ServerConnection(asyncio.Protocol):
         logger.info("connection from %s (%d open)", self._peer, len(ctx.connections))
 
     def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
+        self._release_partial()
         self._leave_handshake()
         if self._counted:
             self._counted = False
@@ -191,6 +199,49 @@ class ServerConnection(asyncio.Protocol):
         except ProtocolError:
             return
         self._process()
+        self._track_partial()
+
+    def _track_partial(self) -> None:
+        """Account for an unfinished frame: its bytes count toward a server-wide cap, and it must keep a rate."""
+        session, ctx = self._session, self._ctx
+        pending = session.decoder.pending() if session is not None else 0
+        ctx.partial_bytes += pending - self._partial
+        self._partial = pending
+        if not pending:
+            self._frame_started = 0.0
+            return
+        if ctx.partial_bytes > ctx.limits.max_partial_bytes:
+            self._drop_slow(f"unfinished frames of all connections hold over {ctx.limits.max_partial_bytes} bytes")
+            return
+        if not self._frame_started:  # a frame began: check its progress while it is incomplete
+            started = self._frame_started = time.monotonic()
+            self._frame_bytes = pending
+            asyncio.get_running_loop().call_later(FRAME_GRACE, self._check_rate, started)
+
+    def _check_rate(self, started: float) -> None:
+        if started != self._frame_started or self._transport is None or self._transport.is_closing():
+            return  # that frame is complete (another may have begun: it has its own check)
+        loop, now = asyncio.get_running_loop(), time.monotonic()
+        if self._paused or self._held_paused:  # we stopped reading, not the peer sending: measure afresh
+            self._frame_started, self._frame_bytes = now, self._partial
+            loop.call_later(FRAME_GRACE, self._check_rate, now)
+            return
+        if (self._partial - self._frame_bytes) / (now - started) < self._ctx.limits.min_frame_rate:
+            self._drop_slow(f"a frame arrives slower than {self._ctx.limits.min_frame_rate} bytes/s")
+        else:
+            loop.call_later(1.0, self._check_rate, started)
+
+    def _drop_slow(self, why: str) -> None:
+        logger.warning("closing %s: %s", self._peer, why)
+        self._release_partial()
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _release_partial(self) -> None:
+        self._ctx.partial_bytes -= self._partial
+        self._partial = 0
+        self._frame_started = 0.0
+        self._session = None  # the buffered bytes go with it
 
     def _process(self) -> None:
         """Execute the complete requests received so far (until writing is paused) and write the replies."""
