@@ -19,7 +19,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, TextIO, TypeVar
 
@@ -49,6 +49,7 @@ __all__ = ["Client", "Connection", "ConnectionPool", "Proxy", "connect"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+_CONNECT_TIMEOUT = 10.0  # connect and handshake, without socket_timeout
 _CLOSED = "this proxy is closed: call proxy.connect() before using it or its tables"
 _DB_PING, _DB_CREATE, _DB_CHECK, _DB_TABLES, _DB_DELETE, _DB_BATCH = (
     BY_NAME[n] for n in ("db.ping", "db.create", "db.check", "db.tables", "db.delete", "db.batch"))
@@ -67,9 +68,13 @@ class Client:
         self._password = password
         self._new_identity()
 
+        # connecting and the handshake wait as long as any other socket operation; 10 s when that is unlimited,
+        # so that a peer that accepts and never answers cannot hang connect() forever
+        connect_timeout = _CONNECT_TIMEOUT if socket_timeout is None else socket_timeout
+
         def factory() -> Connection:
-            return Connection(self.host, self.port, password, self.encrypt, socket_timeout=socket_timeout,
-                              client_id=self._identity())
+            return Connection(self.host, self.port, password, self.encrypt, connect_timeout=connect_timeout,
+                              socket_timeout=socket_timeout, client_id=self._identity())
 
         self.pool = ConnectionPool(factory, max_idle_time=time_out, max_connections=max_connections)
         # Tables this client saw exist in the last `table_check_ttl` seconds, with their kind: get_cyberdict()
@@ -327,18 +332,21 @@ class Proxy(SyncExecutor):
     # ---- tables ------------------------------------------------------------------------------------------------
 
     def create_cyberdict(self, table_name: str, content: Any = None) -> CyberDict:
-        """Create a CyberDict table (optionally filled from a mapping) and return it.
+        """Create a CyberDict table (optionally filled from a dict, any mapping or a CyberDict) and return it.
 
         Raises:
+            TypeError: ``content`` is not a mapping (as cyberdb 0.9.3, nothing is sent).
             TableExistsError: a table of that name exists.
         """
         self._create(table_name, "dict", {} if content is None else _as_dict(content))
         return CyberDict(self, table_name)
 
     def create_cyberlist(self, table_name: str, content: Any = None) -> CyberList:
-        """Create a CyberList table (optionally filled from an iterable) and return it.
+        """Create a CyberList table (optionally filled from a list or a CyberList) and return it.
 
         Raises:
+            TypeError: ``content`` is not a list (as cyberdb 0.9.3: a dict, str or generator is refused rather
+                than turned into its keys, characters or items; pass ``list(...)`` to mean that).
             TableExistsError: a table of that name exists.
         """
         self._create(table_name, "list", [] if content is None else _as_list(content))
@@ -442,10 +450,14 @@ class _Budget:
 def _as_dict(content: Any) -> dict[Any, Any]:
     if isinstance(content, CyberDict):
         return content.todict()
+    if not isinstance(content, Mapping):
+        raise TypeError(f"the content of a CyberDict must be a dict, not {type(content).__name__}")
     return dict(content)
 
 
 def _as_list(content: Any) -> list[Any]:
     if isinstance(content, CyberList):
         return content.tolist()
+    if not isinstance(content, list):
+        raise TypeError(f"the content of a CyberList must be a list, not {type(content).__name__}")
     return list(content)

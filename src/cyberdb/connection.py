@@ -61,7 +61,7 @@ class Connection:
         self.forks = forks[0]
         self.broken = False
         self.requests = 0
-        self._session = protocol.ClientSession(password, encrypt, client_id=client_id)
+        self._session = protocol.ClientSession(password, encrypt, client_id=client_id, peer=f"{host}:{port}")
         try:
             sock = socket.create_connection((host, port), timeout=connect_timeout)
         except OSError as exc:
@@ -99,13 +99,15 @@ class Connection:
 
         Raises:
             ConnectionLostError, TimeoutError: the connection broke (it is marked broken).
+            ValueError: the request exceeds the frame limit; nothing was sent and the connection stays usable.
             KeyError, IndexError, ValueError, TypeError, ...: the error the command raised on the server.
         """
         if self.broken:
             raise ConnectionLostError("this connection is broken")
         session, sock = self._session, self.sock
+        frame = session.request(req_id, op, payload, ack)  # outside the try: a too-large value breaks nothing
         try:  # (no context manager here: this is the hot path, and one costs a microsecond)
-            sock.sendall(session.request(req_id, op, payload, ack))
+            sock.sendall(frame)
             reply = None
             while reply is None:  # nothing is buffered between calls (checked below), so read first
                 session.feed(sock.recv(_RECV_SIZE))
@@ -129,10 +131,13 @@ class Connection:
 
         Raises:
             ConnectionLostError, TimeoutError: the connection broke (it is marked broken).
+            ValueError: a request exceeds the frame limit; nothing was sent.
         """
         if self.broken:
             raise ConnectionLostError("this connection is broken")
         session, sock = self._session, self.sock
+        for _req_id, _op, payload in requests:  # all checked first: no request of the lot is half sent
+            session.check_size(len(payload))
         try:
             i = 0
             while i < len(requests):
@@ -163,11 +168,12 @@ class Connection:
         """True if the server closed this idle connection (or sent something unexpected)."""
         sock = self.sock
         try:
-            # the stdlib class (gevent's patched class lives in a gevent module and would wait on MSG_DONTWAIT)
-            if type(sock).__module__ == "socket" and hasattr(socket, "MSG_DONTWAIT"):
+            # MSG_DONTWAIT only helps a stdlib socket without timeout: with a timeout (socket_timeout=) CPython
+            # polls for up to that long before any recv, and gevent's patched class waits on it too
+            timeout = sock.gettimeout()
+            if timeout is None and type(sock).__module__ == "socket" and hasattr(socket, "MSG_DONTWAIT"):
                 sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            else:  # e.g. a gevent socket: with timeout 0.0 its recv raises instead of waiting
-                timeout = sock.gettimeout()
+            else:  # with timeout 0.0 recv raises instead of waiting
                 sock.settimeout(0.0)
                 try:
                     sock.recv(1, socket.MSG_PEEK)

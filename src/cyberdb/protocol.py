@@ -122,6 +122,10 @@ class FrameDecoder:
         """Bytes received but not yet returned as frames."""
         return len(self._data) - self._pos
 
+    def head(self, size: int) -> bytes:
+        """The first ``size`` bytes received but not yet returned (to show what a peer sent)."""
+        return bytes(self._data[self._pos:self._pos + size])
+
 
 class State(enum.Enum):
     """Where a session stands."""
@@ -270,10 +274,12 @@ class ClientSession(_Session):
     """The client's side of one connection."""
 
     def __init__(self, password: str | None, encrypt: bool, max_frame: int = MAX_FRAME,
-                 client_id: bytes = ANONYMOUS) -> None:
+                 client_id: bytes = ANONYMOUS, peer: str = "") -> None:
+        """``peer`` (e.g. ``"127.0.0.1:9980"``) names the server in errors."""
         super().__init__(max_frame)
         if len(client_id) != CLIENT_ID_SIZE:
             raise ValueError(f"a client id has {CLIENT_ID_SIZE} bytes")
+        self._peer = peer
         self._password, self._encrypt, self._client_id = password, encrypt, client_id
         self._expected: collections.deque[int] = collections.deque()  # ids of requests awaiting a reply
         self._eof = False
@@ -298,7 +304,11 @@ class ClientSession(_Session):
         """
         out = b""
         while self.state is not State.READY:
-            body = self._next_body()
+            head = self.decoder.head(32)
+            try:
+                body = self._next_body()
+            except ProtocolError as exc:  # e.g. b"HTTP/1.1 400" read as a length: a frame of 1213486160 bytes
+                raise self._not_cyberdb(head) from exc
             if body is None:
                 break
             if body.startswith(REJECT):
@@ -313,7 +323,7 @@ class ClientSession(_Session):
 
     def _on_challenge(self, body: bytes) -> bytes:
         if len(body) != _CHALLENGE.size or not body.startswith(MAGIC):
-            raise self._fail(ProtocolError("not a CyberDB server (bad challenge)"))
+            raise self._not_cyberdb(encode_frame(body)[:32])
         _magic, version, flags, iterations, salt, _nonce = _CHALLENGE.unpack(body)
         if version != VERSION:
             raise self._fail(ProtocolError(f"server speaks protocol version {version}, we speak {VERSION}"))
@@ -330,6 +340,12 @@ class ClientSession(_Session):
         self.state = State.AUTH
         return encode_frame(self._proof)
 
+    def _not_cyberdb(self, head: bytes) -> ProtocolError:
+        at = f" at {self._peer}" if self._peer else ""
+        exc = ProtocolError(f"the peer{at} did not answer like a CyberDB server (it sent {head!r}...)")
+        self._fail(exc)
+        return exc
+
     def _on_welcome(self, body: bytes) -> None:
         expected = crypto.proof(self._master, b"server", self._transcript + self._proof)
         if not body.startswith(WELCOME) or not crypto.verify(expected, body[len(WELCOME):]):
@@ -345,10 +361,28 @@ class ClientSession(_Session):
         else:
             self.decoder.feed(data)
 
+    def check_size(self, payload_size: int) -> None:
+        """Refuse a request payload whose frame would exceed the frame limit, before anything is built or sent.
+
+        Raises:
+            ValueError: the frame would be larger than ``max_frame`` (the server would drop the connection).
+        """
+        size = _REQUEST.size + payload_size + (crypto.TAG_SIZE if self._encrypt else 0)
+        if size > self.decoder.max_frame:
+            raise ValueError(f"a request of {size} bytes exceeds the frame limit of {self.decoder.max_frame} bytes "
+                             f"({self.decoder.max_frame / (1 << 20):g} MiB, cyberdb.protocol.MAX_FRAME); "
+                             "nothing was sent: store the value in smaller pieces")
+
     def request(self, req_id: int, op: int, payload: bytes, ack: int = 0) -> bytes:
-        """Build the frame of one request and expect its reply (replies come in request order)."""
+        """Build the frame of one request and expect its reply (replies come in request order).
+
+        Raises:
+            ValueError: the frame would exceed the frame limit (see ``check_size``); the session stays usable.
+        """
         if self.state is not State.READY:
             raise ProtocolError("the handshake has not completed")
+        if len(payload) > self.decoder.max_frame - _REQUEST.size - crypto.TAG_SIZE:  # one compare on the hot path
+            self.check_size(len(payload))
         if self._cipher is None:  # the hot path: one pack, one concatenation
             frame = _FRAMED_REQUEST.pack(len(payload) + _REQUEST.size, req_id, ack, op) + payload
         else:
