@@ -6,8 +6,12 @@ addresses are used, and every socket and process is closed by the test.
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 
@@ -16,6 +20,7 @@ from conftest import PASSWORD, ServerProcess
 
 import cyberdb
 from cyberdb import protocol
+from cyberdb.server import net
 
 ATTACKER = "127.0.0.2"
 MAX_CON = 20
@@ -144,3 +149,56 @@ def test_unfinished_frames_are_capped_across_connections(in_process) -> None:  #
     finally:
         for sock in socks:
             sock.close()
+
+
+def guess(port: int, password: str, source: str = ATTACKER) -> str:
+    """One authentication attempt from ``source``: "ok", or the error the server answered with."""
+    session = protocol.ClientSession(password, False)
+    with socket.socket() as sock:
+        sock.settimeout(10)
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(session.start())
+        try:
+            while not session.ready:
+                data = sock.recv(65536)
+                if not data:
+                    return "closed"
+                session.feed(data)
+                out = session.handshake()
+                if out:
+                    sock.sendall(out)
+        except cyberdb.CyberDBError as exc:
+            return str(exc)
+    return "ok"
+
+
+def test_password_guessing_is_slowed_then_banned_and_logged_in_summary(
+        in_process, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(net.Guard, "MAX_DELAY", 0.05)  # the growing delay, shortened for the test
+    caplog.set_level(logging.INFO, logger="cyberdb")
+    db = in_process()
+    answers = [guess(db.port, "wrong") for _ in range(15)]
+    assert all("authentication failed" in a for a in answers[:net.Guard.BAN_AFTER]), answers
+    # past the threshold the address is refused before any handshake: no more guesses get checked
+    assert all("too many failed authentications" in a for a in answers[net.Guard.BAN_AFTER:]), answers
+    assert guess(db.port, PASSWORD, source="127.0.0.1") == "ok"  # others are not locked out
+    lines = [r for r in caplog.records if ATTACKER in r.getMessage() and "failed authentication" in r.getMessage()]
+    assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]  # one line per address per minute, not 15
+
+
+def test_the_library_prints_nothing_unless_logging_is_configured() -> None:
+    code = textwrap.dedent("""
+        import cyberdb
+        db = cyberdb.Server()
+        db.start(port=0, password="right")
+        for _ in range(5):
+            try:
+                cyberdb.connect(port=db.port, password="wrong")
+            except cyberdb.AuthenticationError:
+                pass
+        db.stop()
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and result.stderr == ""

@@ -16,6 +16,8 @@ Client side::
 
 from __future__ import annotations
 
+import logging as _logging
+
 from .client import Client, Connection, ConnectionPool, Proxy, connect
 from .errors import (
     AuthenticationError,
@@ -47,6 +49,10 @@ from .tables import CyberDict, CyberList, CyberRef, Executor
 from .transaction import Transaction
 
 __version__ = "1.0.0.dev0"
+
+# a library prints nothing unless the application configures logging (or print_log=True): without a handler,
+# Python's last-resort handler would write every WARNING to stderr (a password-guessing peer flooded it)
+_logging.getLogger("cyberdb").addHandler(_logging.NullHandler())
 
 __all__ = [
     "AuthenticationError",

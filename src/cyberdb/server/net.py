@@ -32,6 +32,7 @@ FRAME_GRACE = 2.0  # seconds a frame may take before its rate is checked (a slow
 
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
+_NEVER_BANNED = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 
 
 def parse_networks(entries: Iterable[str]) -> list[IPNetwork]:
@@ -79,6 +80,51 @@ class Limits:
     max_partial_bytes: int = 512 << 20  # bytes of unfinished frames held for all connections together
 
 
+class Guard:
+    """Slows password guessing per source address: a growing delay, then a temporary ban; logs in summary.
+
+    From the ``FREE``-th failure within ``WINDOW`` seconds, each failed authentication is answered after
+    ``0.1 * 2 ** (n - FREE)`` seconds (at most ``MAX_DELAY``); at ``BAN_AFTER`` failures the address is refused
+    at once, before any handshake, for ``BAN`` seconds.  With the per-address budget of connections in the
+    handshake (``Limits.max_unauthenticated_per_ip``) that bounds one address to about ``BAN_AFTER`` guesses per
+    ``BAN + WINDOW`` seconds.  The log gets one line per address per ``WINDOW`` with the count, not one per guess.
+    """
+
+    FREE, BAN_AFTER, MAX_DELAY, BAN, WINDOW = 3, 10, 2.0, 300.0, 60.0
+    # 127.0.0.1 and ::1 are slowed but never banned: a mistyped password in one local worker must not lock the
+    # server's own host out for minutes (other loopback addresses, e.g. 127.0.0.2, are treated as remote)
+
+    def __init__(self) -> None:
+        self._failures: dict[str, list[float]] = {}  # host -> [failures, first failure, banned until, logged at]
+        self._unlogged: dict[str, int] = {}
+
+    def banned(self, host: str) -> float:
+        """Seconds left of ``host``'s ban (0: not banned)."""
+        entry = self._failures.get(host)
+        if entry is None:
+            return 0.0
+        return max(0.0, entry[2] - time.monotonic())
+
+    def failed(self, host: str) -> float:
+        """Record a failed authentication from ``host``; return the delay before answering it."""
+        now = time.monotonic()
+        entry = self._failures.get(host)
+        if entry is None or now - entry[1] > self.WINDOW and entry[2] <= now:
+            if len(self._failures) > 100_000:  # bounded memory under a distributed attack
+                self._failures = {h: e for h, e in self._failures.items() if e[2] > now or now - e[1] <= self.WINDOW}
+            entry = self._failures[host] = [0, now, 0.0, 0.0]
+        entry[0] += 1
+        n = int(entry[0])
+        self._unlogged[host] = self._unlogged.get(host, 0) + 1
+        if now - entry[3] >= self.WINDOW:  # one line per address per window, with the count since the last one
+            logger.warning("%d failed authentication(s) from %s%s", self._unlogged.pop(host), host,
+                           f"; refused for {self.BAN:.0f} s" if n >= self.BAN_AFTER else "")
+            entry[3] = now
+        if n >= self.BAN_AFTER and host not in _NEVER_BANNED:
+            entry[2] = now + self.BAN
+        return 0.0 if n < self.FREE else min(self.MAX_DELAY, 0.1 * 2 ** (n - self.FREE))
+
+
 @dataclass(eq=False)
 class ServerContext:
     """What every connection of one server shares."""
@@ -98,6 +144,7 @@ class ServerContext:
     authenticated: int = 0  # of which authenticated: these count toward max_con
     unauthenticated: dict[str, int] = field(default_factory=dict)  # per source address, still in the handshake
     partial_bytes: int = 0  # bytes of frames that started arriving and are not complete yet, all connections
+    guard: Guard = field(default_factory=lambda: Guard())
 
 
 class ServerConnection(asyncio.Protocol):
@@ -142,6 +189,10 @@ class ServerConnection(asyncio.Protocol):
         if ctx.whitelist is not None and not (peer and address_allowed(peer[0], ctx.whitelist)):
             logger.warning("refused %s: address not in the whitelist", self._peer)
             self._refuse("address not allowed by the server's whitelist")
+            return
+        banned = ctx.guard.banned(peer[0] if peer else "?")
+        if banned:  # refused before any handshake: a banned address costs no key derivation or HMAC
+            self._refuse(f"too many failed authentications from this address: try again in {banned:.0f} s")
             return
         if ctx.authenticated >= ctx.max_con:
             logger.warning("refused %s: max_con=%d reached", self._peer, ctx.max_con)
@@ -275,7 +326,13 @@ class ServerConnection(asyncio.Protocol):
                 request = session.next_request()
             if replies:
                 self._send(replies[0] if len(replies) == 1 else b"".join(replies))
-        except (AuthenticationError, ProtocolError) as exc:
+        except AuthenticationError:
+            # a wrong password: answer after a delay that grows with the address's failures (see Guard)
+            delay = self._ctx.guard.failed(self._host_of_peer())
+            reject = session.data_to_send()
+            transport.pause_reading()
+            asyncio.get_running_loop().call_later(delay, self._reject_after_delay, reject)
+        except ProtocolError as exc:
             # answer what was executed before the bad frame, say why if still in the handshake, then close
             logger.warning("closing %s: %s", self._peer, exc)
             if replies:
@@ -285,6 +342,15 @@ class ServerConnection(asyncio.Protocol):
             else:
                 transport.write(session.data_to_send())
                 transport.close()
+
+    def _host_of_peer(self) -> str:
+        return self._peer.rsplit(":", 1)[0]
+
+    def _reject_after_delay(self, reject: bytes) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(reject)
+            transport.close()
 
     def _send(self, data: bytes) -> None:
         """Write replies, unless they depend on writes the append-only log does not keep yet.
