@@ -608,3 +608,52 @@ def test_huge_index_raises_what_list_raises(proxy: cyberdb.Proxy, name: str, cal
         call(lst)
     assert (type(got.value), got.value.args) == (type(expected.value), expected.value.args)
     assert lst.tolist() == model
+
+
+# ---- list fidelity gaps (issue 8) ---------------------------------------------------------------------------------
+
+
+def test_iteration_sees_items_appended_while_it_runs_until_it_ends(proxy: cyberdb.Proxy,
+                                                                  other_proxy: cyberdb.Proxy, name: str) -> None:
+    items = proxy.create_cyberlist(name, [1, 2])
+    model = [1, 2]
+    it, model_it = iter(items), iter(model)
+    assert next(it) == next(model_it) == 1
+    assert next(it) == next(model_it) == 2
+    other_proxy.get_cyberlist(name).append(3)  # appended after the fetched items were all consumed
+    model.append(3)
+    assert next(it) == next(model_it) == 3
+    with pytest.raises(StopIteration):
+        next(it)
+    with pytest.raises(StopIteration):
+        next(model_it)
+    items.append(4)  # once ended, an iterator stays ended, as a list's does
+    model.append(4)
+    with pytest.raises(StopIteration):
+        next(it)
+    with pytest.raises(StopIteration):
+        next(model_it)
+
+
+def test_extend_ignores_a_huge_length_hint(proxy: cyberdb.Proxy, name: str) -> None:
+    class Hinting:
+        def __init__(self) -> None:
+            self.left = 3
+
+        def __iter__(self) -> Hinting:
+            return self
+
+        def __next__(self) -> int:
+            if not self.left:
+                raise StopIteration
+            self.left -= 1
+            return self.left
+
+        def __length_hint__(self) -> int:
+            return 1 << 62
+
+    # (CPython 3.11's own list.extend preallocates from the hint and raises MemoryError here; a hint is only a
+    # hint, so the client collects the items without trusting it)
+    items = proxy.create_cyberlist(name)
+    items.extend(Hinting())
+    assert items.tolist() == [2, 1, 0]

@@ -342,10 +342,12 @@ class ListOps(_Table):
             yield from chunk
 
     def _chunks_forward(self) -> Steps[None]:
+        # ends only on an empty chunk, asked for once the items before were consumed: like a list iterator, it
+        # sees items appended while it runs, until it has ended (one more round trip per iteration)
         start = 0
         while True:
             chunk = yield self._step(C["list.getslice"], start, start + ITER_CHUNK, None)
-            if len(chunk) < ITER_CHUNK:
+            if not chunk:
                 return
             start += len(chunk)
 
@@ -419,7 +421,7 @@ class ListOps(_Table):
 
     def extend(self, values: Iterable[Any]) -> Any:
         """Append all items of an iterable, atomically."""
-        return self._run(C["list.extend"], list(_plain(values)))
+        return self._run(C["list.extend"], _listed(_plain(values)))
 
     def insert(self, index: int, value: Any) -> Any:
         """Insert ``value`` before ``index``."""
@@ -602,6 +604,16 @@ def _plain(value: Any) -> Any:
     if isinstance(value, CyberRef):
         return value._now(C["dict.copy"])
     return value
+
+
+def _listed(values: Any) -> list[Any]:
+    """``list(values)`` without trusting ``__length_hint__`` (a huge hint makes ``list()`` raise MemoryError
+    before the first item, where ``list.extend`` just appends what the iterator gives)."""
+    if type(values) is list:
+        return values
+    if type(values) is tuple:
+        return list(values)
+    return [value for value in values]
 
 
 def _other_list(other: object) -> Any:
