@@ -6,7 +6,9 @@ addresses are used, and every socket and process is closed by the test.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import socket
 import struct
 import subprocess
@@ -19,7 +21,7 @@ import pytest
 from conftest import PASSWORD, ServerProcess
 
 import cyberdb
-from cyberdb import protocol
+from cyberdb import cli, protocol
 from cyberdb.server import net
 
 ATTACKER = "127.0.0.2"
@@ -202,3 +204,56 @@ def test_the_library_prints_nothing_unless_logging_is_configured() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "" and result.stderr == ""
+
+
+def test_slow_commands_are_in_the_slow_log(in_process, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    db = cyberdb.Server()
+    db.set_slowlog(threshold=0.001)
+    in_process(db)
+    client = cyberdb.connect(port=db.port, password=PASSWORD)
+    try:
+        with client.get_proxy() as proxy:
+            big = proxy.create_cyberlist("big", list(range(300_000)))
+            assert big.count(-1) == 0  # O(n): well over a millisecond
+            entries = proxy.slowlog()
+    finally:
+        client.close()
+    counted = [e for e in entries if e["command"] == "list.count"]
+    assert counted and counted[0]["table"] == "big" and counted[0]["seconds"] > 0.001
+    assert counted[0]["client"].startswith("127.0.0.1:")
+    assert db.slowlog(1)[0]["command"] == entries[0]["command"]  # newest first, the same through the API
+    assert cli.main(["slowlog", "--port", str(db.port), "--password", PASSWORD]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert any(line["command"] == "list.count" for line in lines)
+
+
+def test_max_memory_refuses_writes_but_not_reads_or_deletions(in_process) -> None:  # type: ignore[no-untyped-def]
+    db = cyberdb.Server()
+    in_process(db)
+    client = cyberdb.connect(port=db.port, password=PASSWORD)
+    try:
+        with client.get_proxy() as proxy:
+            d = proxy.create_cyberdict("d")
+            d["small"] = 1
+            with open("/proc/self/statm") as statm:
+                rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            db.set_max_memory(rss + (100 << 20))
+            refused = None
+            for i in range(40):  # 40 x 10 MB: far past the limit
+                try:
+                    d[i] = os.urandom(10 << 20)
+                except cyberdb.MemoryLimitError as exc:
+                    refused = exc
+                    break
+                time.sleep(0.15)  # lets the 100 ms memory sample see the growth (a sampling period, no race)
+            assert refused is not None and "max_memory" in str(refused)
+            assert isinstance(refused, MemoryError)
+            assert d["small"] == 1  # reads go on
+            for key in list(d.keys()):
+                if key != "small":
+                    del d[key]  # deletions go on
+            db.set_max_memory(0)
+            d["after"] = 2  # no limit: writes again
+            assert d["after"] == 2
+    finally:
+        client.close()

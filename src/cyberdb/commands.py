@@ -78,6 +78,7 @@ def _specs() -> list[CommandSpec]:
         CommandSpec("lock.acquire", 10, None, 2, 2),  # name, ttl -> token or None
         CommandSpec("lock.release", 11, None, 2, 2, returns=False),  # name, token
         CommandSpec("lock.extend", 12, None, 3, 3, returns=False),  # name, token, ttl
+        CommandSpec("db.slowlog", 13, None, 0, 1, readonly=True),  # [count] -> the slowest recent commands
         # CyberDict
         CommandSpec("dict.getitem", 100, DICT, 1, 1, method="__getitem__", readonly=True),
         CommandSpec("dict.setitem", 101, DICT, 2, 2, method="__setitem__", returns=False),

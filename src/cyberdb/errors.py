@@ -22,6 +22,7 @@ __all__ = [
     "CyberDBError",
     "DisconnectedError",
     "EncryptionMismatchError",
+    "MemoryLimitError",
     "PersistenceError",
     "PoolTimeoutError",
     "ProtocolError",
@@ -109,6 +110,10 @@ class PersistenceError(CyberDBError):
     """A data file could not be written or is not a valid CyberDB file."""
 
 
+class MemoryLimitError(CyberDBError, MemoryError):
+    """A write was refused: the server's memory is over its ``max_memory`` (reads and deletes go on)."""
+
+
 class ConcurrentModificationError(CyberDBError):
     """A read-modify-write (``sort(key=...)``) kept losing to concurrent writers."""
 
@@ -146,6 +151,7 @@ ERROR_CODES: dict[int, type[BaseException]] = {
     16: BatchAbortedError,
     17: LockLostError,
     18: PersistenceError,  # e.g. a write refused while the append-only log cannot be written
+    19: MemoryLimitError,
     20: ProtocolError,
     21: ServerError,
 }

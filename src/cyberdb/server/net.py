@@ -18,7 +18,7 @@ from typing import cast
 from .. import protocol
 from ..codec import MAX_DEPTH, decode_value, depth_exceeds
 from ..commands import BY_ID
-from ..errors import AuthenticationError, PersistenceError, ProtocolError, error_code
+from ..errors import AuthenticationError, MemoryLimitError, PersistenceError, ProtocolError, error_code
 from ..protocol import ANONYMOUS
 from .aof import AppendLog
 from .dedup import PRUNE_AT, ClientRecord, ReplyCache, stale
@@ -32,6 +32,8 @@ FRAME_GRACE = 2.0  # seconds a frame may take before its rate is checked (a slow
 
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
+# writes that only free memory: still accepted over max_memory (Redis's noeviction lets DEL through too)
+SHRINKING = frozenset({"delitem", "pop", "popitem", "clear", "remove", "delslice", "delete", "release"})
 _NEVER_BANNED = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 
 
@@ -145,6 +147,9 @@ class ServerContext:
     unauthenticated: dict[str, int] = field(default_factory=dict)  # per source address, still in the handshake
     partial_bytes: int = 0  # bytes of frames that started arriving and are not complete yet, all connections
     guard: Guard = field(default_factory=lambda: Guard())
+    slow_after: float = 0.01  # seconds: commands slower than this go to the slow log
+    max_memory: int = 0  # bytes of resident memory above which writes are refused (0 = no limit)
+    over_memory: bool = False  # sampled by the server every 100 ms
 
 
 class ServerConnection(asyncio.Protocol):
@@ -313,8 +318,12 @@ class ServerConnection(asyncio.Protocol):
                 self._authenticated()
             else:
                 request = session.next_request()
+            slow = self._ctx.slow_after
             while request is not None:
+                started = time.perf_counter()
                 reply = self._execute(session, *request)
+                if time.perf_counter() - started > slow:
+                    self._record_slow(request[1], request[2], time.perf_counter() - started)
                 replies.append(reply)
                 pending += len(reply)
                 if pending > _FLUSH_BYTES:  # write now: the transport may pause us (pause_writing)
@@ -342,6 +351,19 @@ class ServerConnection(asyncio.Protocol):
             else:
                 transport.write(session.data_to_send())
                 transport.close()
+
+    def _record_slow(self, op: int, payload: bytes, seconds: float) -> None:
+        """Note a command slower than the threshold in the slow log (and the log file, at WARNING)."""
+        spec = BY_ID.get(op)
+        try:
+            args = decode_value(payload)
+            table = args[0] if type(args) is list and args and type(args[0]) is str and spec and spec.kind else None
+        except ProtocolError:
+            table = None
+        name = spec.name if spec else f"op {op}"
+        self._store.slowlog.append({"time": time.time(), "seconds": round(seconds, 6), "command": name,
+                                    "table": table, "client": self._peer})
+        logger.warning("slow command: %s on %r from %s took %.1f ms", name, table, self._peer, seconds * 1000)
 
     def _host_of_peer(self) -> str:
         return self._peer.rsplit(":", 1)[0]
@@ -466,6 +488,10 @@ class ServerConnection(asyncio.Protocol):
             return session.reply(req_id, error_code(exc), encode_error(exc, spec.name))
         if self._log:
             logger.debug("%s %s %r", self._peer, spec.name, args[:1])
+        if self._ctx.over_memory and not spec.readonly and spec.suffix not in SHRINKING:
+            full = MemoryLimitError(f"{spec.name} refused: the server uses more than max_memory="
+                                    f"{self._ctx.max_memory} bytes (reads and deletions go on)")
+            return session.reply(req_id, error_code(full), encode_error(full, spec.name))
         if spec.readonly:  # a read simply runs again when re-sent
             return session.reply(req_id, *self._store.outcome(spec, args))
         log, client = self._ctx.log, self._client

@@ -19,6 +19,7 @@ log reproduces lock leases and fencing tokens exactly.  Nobody else reaches into
 
 from __future__ import annotations
 
+import collections
 import copy
 import logging
 import time
@@ -77,6 +78,8 @@ class Store:
         self._last_token = 0
         self.pinned_time: float | None = None  # set while a write runs with a log, or is replayed
         self.replaying = False  # a log is being replayed: a batch's transaction checks are not made again
+        # commands slower than the server's threshold, newest last (the server records them; db.slowlog reads)
+        self.slowlog: collections.deque[dict[str, Any]] = collections.deque(maxlen=128)
         self.on_write: WriteHook | None = None
 
     def __len__(self) -> int:
@@ -502,7 +505,15 @@ def _db_pipeline(store: Store, steps: Any) -> Encoded:
     return run_pipeline(store, steps)
 
 
+def _db_slowlog(store: Store, count: Any = None) -> list[dict[str, Any]]:
+    if count is not None and (type(count) is not int or count < 0):
+        raise TypeError("count must be an int >= 0")
+    entries = list(store.slowlog)
+    return entries[::-1][:count] if count is not None else entries[::-1]
+
+
 _HANDLERS: dict[str, Callable[..., Any]] = {
+    "db.slowlog": _db_slowlog,
     "db.batch": _db_batch,
     "db.speculate": _db_speculate,
     "db.pipeline": _db_pipeline,
