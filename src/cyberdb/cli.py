@@ -7,10 +7,12 @@ snapshot or an append-only log (see :mod:`cyberdb.server.inspect`).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
-from .errors import PersistenceError
+from .client import connect
+from .errors import CyberDBError, PersistenceError
 from .server import Server
 from .server.inspect import inspect_file
 
@@ -53,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--max-con", type=int, default=500)
     serve.add_argument("--timeout", type=float, default=0)
     serve.add_argument("--encrypt", action="store_true")
+    serve.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this PEM certificate (chain)")
+    serve.add_argument("--tls-key", metavar="FILE", help="its PEM private key (default: in --tls-cert)")
+    serve.add_argument("--tls-ca", metavar="FILE", help="PEM CAs whose client certificates are accepted")
+    serve.add_argument("--tls-require-client-cert", action="store_true",
+                       help="refuse clients without a certificate signed by --tls-ca (mutual TLS)")
     serve.add_argument("--log", action="store_true", help="print connections and commands")
     serve.add_argument("--load", metavar="FILE", help="load this snapshot first")
     serve.add_argument("--backup", metavar="FILE", help="back up to this file (and on shutdown)")
@@ -70,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="connections still in the handshake, from all addresses (apart from --max-con)")
     serve.add_argument("--max-unauthenticated-per-ip", type=int, default=128, metavar="N")
     serve.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS")
+    serve.add_argument("--max-memory", type=int, default=0, metavar="BYTES",
+                       help="refuse writes (MemoryLimitError) above this resident memory; 0 = no limit")
+    serve.add_argument("--slowlog-threshold", type=float, default=0.01, metavar="SECONDS",
+                       help="commands slower than this are kept in the slow log (cyberdb slowlog)")
     serve.add_argument("--min-frame-rate", type=int, default=32 << 10, metavar="BYTES_PER_S",
                        help="a request must arrive at least this fast once started (checked after 2 s)")
     serve.add_argument("--max-partial-bytes", type=int, default=512 << 20, metavar="BYTES",
@@ -83,12 +94,25 @@ def main(argv: list[str] | None = None) -> int:
                           description=_DUMP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     dump.add_argument("file")
     dump.add_argument("--state", action="store_true", help="for a log: the state it loads to, not its records")
+    slowlog = sub.add_parser("slowlog", help="print a running server's slowest recent commands as JSON lines")
+    slowlog.add_argument("--host", default="127.0.0.1")
+    slowlog.add_argument("--port", type=int, default=9980)
+    slowlog.add_argument("--password", default=os.environ.get("CYBERDB_PASSWORD"),
+                         help="default: $CYBERDB_PASSWORD")
+    slowlog.add_argument("--encrypt", action="store_true")
+    slowlog.add_argument("--count", type=int, default=None)
     args = parser.parse_args(argv)
     if args.command in ("check", "dump"):
         return _inspect(args.command, args.file, args.state if args.command == "dump" else False)
+    if args.command == "slowlog":
+        return _slowlog(args.host, args.port, args.password, args.encrypt, args.count)
 
     db = Server(event_loop=args.loop)
     try:
+        if args.tls_cert:
+            db.set_tls(args.tls_cert, args.tls_key, args.tls_ca, args.tls_require_client_cert)
+        elif args.tls_key or args.tls_ca or args.tls_require_client_cert:
+            raise ValueError("--tls-key, --tls-ca and --tls-require-client-cert need --tls-cert")
         if args.load:
             db.load_db(args.load)
         if args.backup:
@@ -100,11 +124,29 @@ def main(argv: list[str] | None = None) -> int:
             db.set_ip_whitelist(args.whitelist)
         db.set_limits(args.max_unauthenticated, args.max_unauthenticated_per_ip, args.handshake_timeout,
                       args.min_frame_rate, args.max_partial_bytes)
+        db.set_max_memory(args.max_memory)
+        db.set_slowlog(args.slowlog_threshold)
         db.run(host=args.host, port=args.port, password=args.password, max_con=args.max_con,
                timeout=args.timeout, print_log=args.log, encrypt=args.encrypt)
     except (OSError, ValueError, PersistenceError) as exc:
         print(f"cyberdb: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _slowlog(host: str, port: int, password: str | None, encrypt: bool, count: int | None) -> int:
+    try:
+        client = connect(host, port, password, encrypt)
+        try:
+            with client.get_proxy() as proxy:
+                entries = proxy.slowlog(count)
+        finally:
+            client.close()
+    except CyberDBError as exc:
+        print(f"cyberdb: {exc}", file=sys.stderr)
+        return 1
+    for entry in entries:
+        print(json.dumps(entry))
     return 0
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import sys
 import threading
 import time
@@ -27,7 +28,7 @@ from . import protocol
 from .codec import encode_value
 from .commands import BY_NAME, CommandSpec
 from .connection import HAVE_FORK_HOOK as _HAVE_FORK_HOOK
-from .connection import Connection, ConnectionPool, Raw, unreachable
+from .connection import Connection, ConnectionPool, Raw, TLSConfig, unreachable
 from .connection import forks as _forks
 from .errors import (
     ConnectionError,
@@ -51,8 +52,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _CONNECT_TIMEOUT = 10.0  # connect and handshake, without socket_timeout
 _CLOSED = "this proxy is closed: call proxy.connect() before using it or its tables"
-_DB_PING, _DB_CREATE, _DB_CHECK, _DB_TABLES, _DB_DELETE, _DB_BATCH = (
-    BY_NAME[n] for n in ("db.ping", "db.create", "db.check", "db.tables", "db.delete", "db.batch"))
+_DB_PING, _DB_CREATE, _DB_CHECK, _DB_TABLES, _DB_DELETE, _DB_BATCH, _DB_SLOWLOG = (
+    BY_NAME[n] for n in ("db.ping", "db.create", "db.check", "db.tables", "db.delete", "db.batch", "db.slowlog"))
 
 
 class Client:
@@ -61,9 +62,30 @@ class Client:
     def __init__(self, host: str = "127.0.0.1", port: int = 9980, password: str | None = None,
                  encrypt: bool = False, time_out: float | None = None, *, max_connections: int | None = None,
                  socket_timeout: float | None = None, retry: Retry | None = None,
-                 table_check_ttl: float = 1.0) -> None:
-        """Create a client; no connection is made until one is needed (``connect()`` makes one at once)."""
+                 table_check_ttl: float = 1.0, tls: bool | ssl.SSLContext = False, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None,
+                 tls_server_name: str | None = None) -> None:
+        """Create a client; no connection is made until one is needed (``connect()`` makes one at once).
+
+        TLS (for a server started with ``set_tls`` / ``--tls-cert``): ``tls=True`` verifies the server's
+        certificate against ``tls_ca`` (a PEM file; None: the system's CAs) and the host name or IP address
+        ``tls_server_name`` (default ``host``), and presents ``tls_cert``/``tls_key`` when given (mutual TLS);
+        or pass your own client ``ssl.SSLContext`` as ``tls`` (under gevent, make it after monkey-patching).
+
+        Raises:
+            ValueError: ``tls_*`` files without ``tls=True``, or with an ``ssl.SSLContext``.
+        """
         self.host, self.port, self.encrypt = host, int(port), bool(encrypt)
+        if tls is False:
+            if tls_ca or tls_cert or tls_key or tls_server_name:
+                raise ValueError("tls_ca, tls_cert, tls_key and tls_server_name need tls=True")
+            self.tls: TLSConfig | None = None
+        elif tls is True:
+            self.tls = TLSConfig(None, tls_ca, tls_cert, tls_key, tls_server_name)
+        elif isinstance(tls, ssl.SSLContext):
+            self.tls = TLSConfig(tls, tls_ca, tls_cert, tls_key, tls_server_name)
+        else:
+            raise TypeError("tls must be True, False or an ssl.SSLContext")
         self.retry = retry if retry is not None else Retry()
         self._password = password
         self._new_identity()
@@ -74,7 +96,7 @@ class Client:
 
         def factory() -> Connection:
             return Connection(self.host, self.port, password, self.encrypt, connect_timeout=connect_timeout,
-                              socket_timeout=socket_timeout, client_id=self._identity())
+                              socket_timeout=socket_timeout, client_id=self._identity(), tls=self.tls)
 
         self.pool = ConnectionPool(factory, max_idle_time=time_out, max_connections=max_connections)
         # Tables this client saw exist in the last `table_check_ttl` seconds, with their kind: get_cyberdict()
@@ -85,7 +107,7 @@ class Client:
         self.known_tables: dict[str, tuple[str, float]] = {}
 
     def __repr__(self) -> str:
-        return f"<Client {self.host}:{self.port} encrypt={self.encrypt} {self.pool!r}>"
+        return f"<Client {self.host}:{self.port} encrypt={self.encrypt} tls={self.tls is not None} {self.pool!r}>"
 
     # ---- request numbers (exactly once) ---------------------------------------------------------------------
 
@@ -157,13 +179,14 @@ def connect(host: str = "127.0.0.1", port: int = 9980, password: str | None = No
         password: the server's password (never sent on the wire).
         encrypt: must match the server's ``encrypt``.
         time_out: discard pooled connections idle longer than this many seconds (None = keep them).
-        **options: ``max_connections``, ``socket_timeout``, ``retry`` (see :class:`Client`).
+        **options: ``max_connections``, ``socket_timeout``, ``retry``, and for TLS ``tls``, ``tls_ca``,
+            ``tls_cert``, ``tls_key``, ``tls_server_name`` (see :class:`Client`).
 
     Raises:
         AuthenticationError: wrong password.
         EncryptionMismatchError: ``encrypt`` differs from the server's.
-        ConnectionError: the server cannot be reached or refused the connection (at once: this settings check
-            does not wait out a restart, unlike ``proxy.connect()`` and every call afterwards).
+        ConnectionError: the server cannot be reached or refused the connection, or TLS failed (at once: this
+            settings check does not wait out a restart, unlike ``proxy.connect()`` and every call afterwards).
     """
     client = Client(host, port, password, encrypt, time_out, **options)
     client.pool.release(client.pool.get())
@@ -395,6 +418,10 @@ class Proxy(SyncExecutor):
     def tables(self) -> dict[str, str]:
         """Return ``{table name: "CyberDict" | "CyberList"}``."""
         return self.call(_DB_TABLES, [])  # type: ignore[no-any-return]
+
+    def slowlog(self, count: int | None = None) -> list[dict[str, Any]]:
+        """The server's slowest recent commands, newest first (see ``Server.set_slowlog``)."""
+        return self.call(_DB_SLOWLOG, [] if count is None else [count])  # type: ignore[no-any-return]
 
     def print_tables(self, file: TextIO | None = None) -> None:
         """Write one line per table, ``name<TAB>CyberDict|CyberList``, to stdout (or ``file``).

@@ -4,13 +4,17 @@ Plain blocking sockets, looked up through the ``socket`` module at call time so 
 (which Gunicorn's gevent worker applies after fork) makes them cooperative.  The pool is safe to share between
 threads and greenlets and across ``fork()``: a child never uses its parent's sockets (it closes its copies,
 never ``shutdown()``s them, which would cut the parent's) and builds its own lock.  Everything about bytes is in
-the sans-IO :mod:`cyberdb.protocol`; this module only moves them.
+the sans-IO :mod:`cyberdb.protocol`; this module only moves them.  With TLS the socket is wrapped by an
+``ssl.SSLContext`` right after connecting (the password handshake then runs inside TLS); ``TLSConfig`` builds
+that context lazily, once per process, so that a context made after gevent's patching is gevent's own.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +34,7 @@ from .errors import (
     os_error,
 )
 
-__all__ = ["Connection", "ConnectionPool", "reply_error", "unreachable"]
+__all__ = ["Connection", "ConnectionPool", "TLSConfig", "reply_error", "unreachable"]
 
 # Bumped in a child after fork(): comparing an int per call is cheaper than os.getpid() (a system call).
 forks = [0]
@@ -41,6 +45,55 @@ _RECV_SIZE = 1 << 16
 _PIPELINE_CHUNK = 512 << 10  # request bytes written before reading their replies (the server stops reading a
 # peer that does not read its replies, so one huge write could wait forever on a huge pipeline)
 Raw = tuple[int, bytes]  # status, payload of one reply
+# asyncio closes a TLS connection whose client certificate it refused without an alert the client would see
+_EOF_HINT = ("is it a CyberDB server? one with TLS needs tls=",
+             "if the server requires TLS client certificates, pass tls_cert= and tls_key= signed by its CA")
+
+
+class TLSConfig:
+    """The client side of TLS: a given ``ssl.SSLContext``, or one built from files (per process, on first use)."""
+
+    def __init__(self, context: ssl.SSLContext | None = None, cafile: str | None = None,
+                 certfile: str | None = None, keyfile: str | None = None, server_name: str | None = None) -> None:
+        """Use ``context`` as is, or build one verifying the server against ``cafile`` (None: the system's CAs)
+        and presenting ``certfile``/``keyfile`` when given (for servers that require client certificates).
+
+        Raises:
+            ValueError: ``context`` together with files, or ``keyfile`` without ``certfile``.
+        """
+        if context is not None and (cafile or certfile or keyfile):
+            raise ValueError("pass either an ssl.SSLContext as tls= or tls_ca/tls_cert/tls_key, not both")
+        if keyfile and not certfile:
+            raise ValueError("tls_key needs tls_cert")
+        self.cafile, self.certfile, self.keyfile = cafile, certfile, keyfile
+        self.server_name = server_name
+        self._given = context
+        self._built: tuple[int, ssl.SSLContext] | None = None
+
+    def __repr__(self) -> str:
+        return f"<TLSConfig cafile={self.cafile!r} certfile={self.certfile!r}>"
+
+    def context(self) -> ssl.SSLContext:
+        """The context to wrap sockets with; a forked child builds its own (gevent patches after fork)."""
+        if self._given is not None:
+            return self._given
+        built = self._built
+        if built is None or built[0] != forks[0]:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.cafile)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            if self.certfile:
+                ctx.load_cert_chain(self.certfile, self.keyfile)
+            built = self._built = (forks[0], ctx)
+        return built[1]
+
+
+def _tls_error(exc: ssl.SSLError, peer: str) -> ConnectionError:
+    """A clear error for a failed TLS handshake (not worth retrying: see ``unreachable``)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ConnectionError(f"TLS certificate verification of {peer} failed: {exc.verify_message}")
+    if "CERTIFICATE_REQUIRED" in str(exc).upper():
+        return ConnectionError(f"{peer} requires a TLS client certificate (pass tls_cert= and tls_key=): {exc}")
+    return ConnectionError(f"TLS with {peer} failed (does the server use TLS, and trust this client?): {exc}")
 
 
 class Connection:
@@ -48,13 +101,14 @@ class Connection:
 
     def __init__(self, host: str, port: int, password: str | None, encrypt: bool,
                  connect_timeout: float | None = 10.0, socket_timeout: float | None = None,
-                 client_id: bytes = protocol.ANONYMOUS) -> None:
+                 client_id: bytes = protocol.ANONYMOUS, tls: TLSConfig | None = None) -> None:
         """Connect and complete the handshake (``client_id`` names the client to the server's reply cache).
 
         Raises:
             AuthenticationError: wrong password.
             EncryptionMismatchError: ``encrypt`` differs from the server's.
-            ConnectionError: the server cannot be reached or refused the connection.
+            ConnectionError: the server cannot be reached or refused the connection, or TLS failed (certificate
+                verification, a client certificate the server requires, a server without TLS).
         """
         self.host, self.port = host, port
         self.pid = os.getpid()
@@ -69,6 +123,11 @@ class Connection:
         self.sock = sock
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is not None:
+                try:  # wrap_socket runs the TLS handshake; the raw socket is detached into the SSL one
+                    sock = self.sock = tls.context().wrap_socket(sock, server_hostname=tls.server_name or host)
+                except ssl.SSLError as exc:
+                    raise _tls_error(exc, f"{host}:{port}") from exc
             self._handshake()
             sock.settimeout(socket_timeout)
         except BaseException:
@@ -83,16 +142,19 @@ class Connection:
     def _handshake(self) -> None:
         session, sock = self._session, self.sock
         with map_errors("handshake"):
-            sock.sendall(session.start())
-            while not session.ready:
-                data = sock.recv(_RECV_SIZE)
-                if not data:  # e.g. a server shutting down, or restarting (see unreachable())
-                    raise ConnectionLostError(f"{self.host}:{self.port} closed the connection during the "
-                                              "handshake (is it a CyberDB server?)")
-                session.feed(data)
-                out = session.handshake()
-                if out:
-                    sock.sendall(out)
+            try:
+                sock.sendall(session.start())
+                while not session.ready:
+                    data = sock.recv(_RECV_SIZE)
+                    if not data:  # e.g. a server shutting down, or restarting (see unreachable())
+                        raise ConnectionLostError(f"{self.host}:{self.port} closed the connection during the "
+                                                  f"handshake ({_EOF_HINT[isinstance(sock, ssl.SSLSocket)]})")
+                    session.feed(data)
+                    out = session.handshake()
+                    if out:
+                        sock.sendall(out)
+            except ssl.SSLError as exc:  # with TLS 1.3 a refused client certificate shows up here, at first read
+                raise _tls_error(exc, f"{self.host}:{self.port}") from exc
 
     def call(self, op: int, payload: bytes, req_id: int, ack: int) -> Any:
         """Send one request and return its decoded result (one round trip).
@@ -167,6 +229,8 @@ class Connection:
     def is_stale(self) -> bool:
         """True if the server closed this idle connection (or sent something unexpected)."""
         sock = self.sock
+        if isinstance(sock, ssl.SSLSocket):  # SSLSocket.recv takes no flags: ask the TLS buffer, then the fd
+            return _tls_readable(sock)
         try:
             # MSG_DONTWAIT only helps a stdlib socket without timeout: with a timeout (socket_timeout=) CPython
             # polls for up to that long before any recv, and gevent's patched class waits on it too
@@ -305,19 +369,35 @@ class ConnectionPool:
             conn.close()
 
 
+def _tls_readable(sock: ssl.SSLSocket) -> bool:
+    """True if an idle TLS socket has anything to read (decrypted bytes, or raw ones: data, alert or EOF)."""
+    if sock.pending():
+        return True
+    try:
+        fd = sock.fileno()
+        if fd < 0:
+            return True
+        readable, _, _ = select.select([fd], [], [], 0)  # the raw fd: gevent's patched select handles it too
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 def unreachable(exc: BaseException) -> bool:
     """True if making a connection failed in the transport, as it does while the server is down or restarting.
 
     That is: the connection was refused or timed out (a ``ConnectionError`` raised from the ``OSError``), or it
     broke or hit EOF during the handshake (``ConnectionLostError``, ``TimeoutError``).  Worth trying again.
     False for what the server said (wrong password, ``encrypt`` mismatch, whitelist, ``max_con``: a plain
-    ``ConnectionError`` of the session), a ``ProtocolError`` and a ``PoolTimeoutError``: trying again cannot help.
+    ``ConnectionError`` of the session), a failed TLS handshake (certificates), a ``ProtocolError`` and a
+    ``PoolTimeoutError``: trying again cannot help.
     """
     if isinstance(exc, PoolTimeoutError):
         return False
     if isinstance(exc, (ConnectionLostError, TimeoutError)):
         return True
-    return type(exc) is ConnectionError and isinstance(exc.__cause__, OSError)
+    cause = exc.__cause__
+    return type(exc) is ConnectionError and isinstance(cause, OSError) and not isinstance(cause, ssl.SSLError)
 
 
 def reply_error(status: int, payload: bytes) -> BaseException:

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -64,6 +65,9 @@ class Server:
         self._backup: tuple[str, float] | None = None
         self._log_config: LogConfig | None = None
         self._limits = Limits()
+        self._max_memory = 0
+        self._slow_after = 0.01
+        self._sampler: asyncio.TimerHandle | None = None
         self._log: AppendLog | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -73,6 +77,7 @@ class Server:
         self._backup_busy = False
         self._backup_generation = 0  # a timer whose generation is stale stops re-arming itself
         self._log_handler: logging.Handler | None = None
+        self._tls: ssl.SSLContext | None = None
         self.address: tuple[str, int] | None = None
 
     def __repr__(self) -> str:
@@ -129,6 +134,71 @@ class Server:
         if self._ctx is not None:
             ctx, limits = self._ctx, self._limits
             self._call_in_loop(lambda: setattr(ctx, "limits", limits))
+
+    def set_tls(self, certfile: str, keyfile: str | None = None, ca_file: str | None = None,
+                require_client_cert: bool = False) -> None:
+        """Serve TLS (1.2 or later) with this certificate chain and key; call it before ``start()``/``run()``.
+
+        The password handshake, and ``encrypt=True`` when set, run inside TLS unchanged.  Clients connect with
+        ``cyberdb.connect(..., tls=True, tls_ca=...)``; a client without TLS is refused during the handshake.
+
+        Args:
+            certfile: PEM file with the server's certificate (and intermediates); its names or IP addresses must
+                match the address clients connect to.
+            keyfile: PEM file with its private key (None: it is in ``certfile``).
+            ca_file: PEM file of the CAs whose client certificates are accepted.
+            require_client_cert: refuse clients without a certificate signed by ``ca_file`` (mutual TLS).
+
+        Raises:
+            ValueError: ``require_client_cert`` without ``ca_file``.
+            OSError, ssl.SSLError: a file is missing or not a valid certificate/key.
+            RuntimeError: the server is running.
+        """
+        if self._loop is not None or self._listener is not None:
+            raise RuntimeError("call set_tls() before start() or run()")
+        if require_client_cert and not ca_file:
+            raise ValueError("require_client_cert needs ca_file (the CA that signs the client certificates)")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(os.fspath(certfile), os.fspath(keyfile) if keyfile is not None else None)
+        if ca_file:
+            ctx.load_verify_locations(cafile=os.fspath(ca_file))
+            ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+        self._tls = ctx
+
+    def set_max_memory(self, max_memory: int) -> None:
+        """Refuse writes (``cyberdb.MemoryLimitError``) while the process uses more than ``max_memory`` bytes.
+
+        Resident memory is sampled every 100 ms.  Reads and writes that only remove (``del``, ``pop``, ``clear``,
+        ``remove``, ``delete_table``, releasing a lock) go on, so a client can make room; ``0`` removes the limit.
+        """
+        if max_memory < 0:
+            raise ValueError("max_memory must be >= 0 bytes (0 = no limit)")
+        if max_memory and _rss() is None:
+            raise ValueError("max_memory needs /proc/self/statm (Linux)")
+        self._max_memory = int(max_memory)
+        if self._ctx is not None:
+            ctx = self._ctx
+
+            def apply() -> None:
+                ctx.max_memory = int(max_memory)
+                ctx.over_memory = False
+                self._sample_memory()
+            self._call_in_loop(apply)
+
+    def set_slowlog(self, threshold: float = 0.01) -> None:
+        """Record commands that take longer than ``threshold`` seconds (read them with ``slowlog()``)."""
+        if not threshold > 0:
+            raise ValueError("threshold must be above 0 seconds")
+        self._slow_after = float(threshold)
+        if self._ctx is not None:
+            ctx = self._ctx
+            self._call_in_loop(lambda: setattr(ctx, "slow_after", float(threshold)))
+
+    def slowlog(self, count: int | None = None) -> list[dict[str, Any]]:
+        """The slowest recent commands, newest first: time, seconds, command, table, client (the last 128)."""
+        entries = self._call_in_loop(lambda: list(self._store.slowlog))[::-1]
+        return entries if count is None else entries[:count]
 
     def set_backup(self, file_name: str = "data.cdb", cycle: float = 900) -> None:
         """Save a snapshot to ``file_name`` every ``cycle`` seconds, and once more on a clean shutdown."""
@@ -308,7 +378,8 @@ class Server:
             store=self._store, master=crypto.derive_master_key(password, salt), salt=salt,
             iterations=crypto.PBKDF2_ITERATIONS, encrypt=bool(encrypt), max_con=int(max_con),
             timeout=float(timeout), whitelist=parse_networks(whitelist) if whitelist is not None else None,
-            replies=self._replies, log=log, limits=self._limits)
+            replies=self._replies, log=log, limits=self._limits, slow_after=self._slow_after,
+            max_memory=self._max_memory)
         try:
             sock = socket.create_server(address, family=family, backlog=1024)
         except OSError as exc:
@@ -343,7 +414,10 @@ class Server:
         loop = asyncio.get_running_loop()
         assert self._listener is not None and self._ctx is not None
         ctx = self._ctx
-        server = await loop.create_server(lambda: ServerConnection(ctx), sock=self._listener)
+        # with TLS asyncio runs the TLS handshake (bounded like the password handshake) before the protocol sees
+        # the connection; the protocol itself is the same
+        server = await loop.create_server(lambda: ServerConnection(ctx), sock=self._listener, ssl=self._tls,
+                                          ssl_handshake_timeout=ctx.limits.handshake_timeout if self._tls else None)
         self._stop_event = asyncio.Event()
         self._loop = loop
         if self._log is not None:
@@ -352,7 +426,10 @@ class Server:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stop_event.set)
         self._schedule_backup()
-        logger.info("CyberDB listening on %s:%s (encrypt=%s)", *self.address or ("?", "?"), ctx.encrypt)
+        if ctx.max_memory:
+            self._sample_memory()
+        logger.info("CyberDB listening on %s:%s (encrypt=%s, tls=%s)", *self.address or ("?", "?"), ctx.encrypt,
+                    self._tls is not None)
         if ready is not None:
             ready.set_result(None)
         try:
@@ -431,6 +508,31 @@ class Server:
             self._log_handler.setFormatter(logging.Formatter(_LOG_FORMAT))
             root.addHandler(self._log_handler)
         root.setLevel(logging.DEBUG)
+
+
+    def _sample_memory(self) -> None:
+        ctx, loop = self._ctx, self._loop
+        if self._sampler is not None:
+            self._sampler.cancel()
+            self._sampler = None
+        if ctx is None or loop is None or not ctx.max_memory:
+            return
+        rss = _rss() or 0
+        over = rss > ctx.max_memory
+        if over != ctx.over_memory:
+            logger.warning("memory %s max_memory=%d (%d bytes): writes are %s", "above" if over else "back under",
+                           ctx.max_memory, rss, "refused" if over else "accepted again")
+        ctx.over_memory = over
+        self._sampler = loop.call_later(0.1, self._sample_memory)
+
+
+def _rss() -> int | None:
+    """Resident memory of this process in bytes (Linux), or None."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _save(store: Store, replies: ReplyCache, path: str) -> None:
