@@ -24,10 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encrypt", action="store_true")
     parser.add_argument("--aof", help="append-only log file (none by default)")
     parser.add_argument("--fsync", default="everysec", choices=("always", "everysec", "no"))
+    parser.add_argument("--tls-cert", help="serve TLS with this certificate (bench/tls.py); needs --tls-key")
+    parser.add_argument("--tls-key")
     args = parser.parse_args(argv)
     db = cyberdb.Server()
     if args.aof:
         db.set_append_log(args.aof, fsync=args.fsync)
+    if args.tls_cert:
+        db.set_tls(args.tls_cert, args.tls_key)
     db.run(host=args.host, port=args.port, password=os.environ[PASSWORD_ENV], encrypt=args.encrypt)
     return 0
 

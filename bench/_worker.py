@@ -51,13 +51,14 @@ class _CountingSocket:
 class _CyberDB:
     """CyberDB through its public API: dicts "d", "c" (counters), "sessions", "acct<worker>"; list "l"."""
 
-    def __init__(self, host: str, port: int, password: str, encrypt: bool) -> None:
+    def __init__(self, host: str, port: int, password: str, encrypt: bool, tls_ca: str = "") -> None:
         import cyberdb
 
-        self._client = cyberdb.connect(host=host, port=port, password=password, encrypt=encrypt)
+        tls = {"tls": True, "tls_ca": tls_ca} if tls_ca else {}  # bench/tls.py
+        self._client = cyberdb.connect(host=host, port=port, password=password, encrypt=encrypt, **tls)
         self._stack = contextlib.ExitStack()
         self._stack.enter_context(self._client.get_proxy())  # fail early if we cannot connect
-        self.info = {"client": f"cyberdb {_dist_version('cyberdb')}", "encrypt": encrypt}
+        self.info = {"client": f"cyberdb {_dist_version('cyberdb')}", "encrypt": encrypt, "tls": bool(tls_ca)}
         self._proxy: Any = None
 
     def setup(self, keys: list[str], value: str, list_len: int) -> None:
@@ -181,14 +182,15 @@ class _CyberDB:
 class _Redis:
     """redis-py against redis-server: hashes "h", "hc", "acct<worker>", lists "l", "cart:s1" (CyberDB's shapes)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, tls_ca: str = "") -> None:
         import redis
 
+        tls = {"ssl": True, "ssl_ca_certs": tls_ca} if tls_ca else {}  # bench/tls.py
         # decode_responses: CyberDB hands back str, so Redis pays for decoding too.
-        self._r = redis.Redis(host=host, port=port, decode_responses=True)
+        self._r = redis.Redis(host=host, port=port, decode_responses=True, **tls)
         self._r.ping()
         hiredis = getattr(getattr(redis, "utils", None), "HIREDIS_AVAILABLE", False)
-        self.info = {"client": f"redis-py {redis.__version__}", "hiredis": bool(hiredis)}
+        self.info = {"client": f"redis-py {redis.__version__}", "hiredis": bool(hiredis), "tls": bool(tls_ca)}
 
     def setup(self, keys: list[str], value: str, list_len: int) -> None:
         """Create and fill the hash and the list (once per server)."""
@@ -488,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--encrypt", action="store_true")
+    parser.add_argument("--tls-ca", default="", help="connect with TLS, verifying the server against this CA")
     args = parser.parse_args(argv)
 
     # Keep the protocol stream to ourselves: stray prints from libraries go to stderr.
@@ -496,9 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         adapter: _CyberDB | _Redis | _Echo
         if args.kind == "cyberdb":
-            adapter = _CyberDB(args.host, args.port, os.environ[PASSWORD_ENV], args.encrypt)
+            adapter = _CyberDB(args.host, args.port, os.environ[PASSWORD_ENV], args.encrypt, args.tls_ca)
         elif args.kind == "redis":
-            adapter = _Redis(args.host, args.port)
+            adapter = _Redis(args.host, args.port, args.tls_ca)
         else:
             adapter = _Echo(args.host, args.port)
         _serve(adapter, out)

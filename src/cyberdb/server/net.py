@@ -261,6 +261,8 @@ class ServerConnection(asyncio.Protocol):
         """Account for an unfinished frame: its bytes count toward a server-wide cap, and it must keep a rate."""
         session, ctx = self._session, self._ctx
         pending = session.decoder.pending() if session is not None else 0
+        if not pending and not self._partial:  # the usual case: every request arrived whole
+            return
         ctx.partial_bytes += pending - self._partial
         self._partial = pending
         if not pending:
