@@ -18,6 +18,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -219,26 +220,29 @@ def wait_port_free(port: int, timeout: float, why: str) -> float:
     return time.monotonic() - start
 
 
-def _answers(port: int, ping: bytes | None) -> bool:
+def _answers(port: int, ping: bytes | None, tls: ssl.SSLContext | None = None) -> bool:
     try:
-        with socket.create_connection((HOST, port), timeout=1) as sock:
-            if ping is None:
-                return True
-            sock.sendall(ping)
-            return sock.recv(64).startswith(b"+PONG")
+        with socket.create_connection((HOST, port), timeout=1) as raw:
+            with tls.wrap_socket(raw, server_hostname=HOST) if tls is not None else raw as sock:
+                if ping is None:
+                    return True
+                sock.sendall(ping)
+                return sock.recv(64).startswith(b"+PONG")  # not -LOADING while Redis loads
     except OSError:
         return False
 
 
-def wait_port(proc: Proc, port: int, timeout: float, ping: bytes | None = None) -> None:
-    """Return once proc answers on port (a connect, or `+PONG` to `ping`); fail early if proc exits."""
+def wait_port(proc: Proc, port: int, timeout: float, ping: bytes | None = None,
+              tls: ssl.SSLContext | None = None, poll: float = POLL_S) -> None:
+    """Return once proc answers on port (a connect, or `+PONG` to `ping`, over `tls` if given); fail early if
+    proc exits."""
     deadline = time.monotonic() + timeout
-    while not _answers(port, ping):
+    while not _answers(port, ping, tls):
         if not proc.alive():
             raise proc.fail(f"exited with code {proc.popen.returncode} before listening on port {port}")
         if time.monotonic() > deadline:
             raise proc.fail(f"not answering on port {port} after {timeout:.0f}s")
-        time.sleep(POLL_S)
+        time.sleep(poll)
     if not proc.alive():  # something else answered on the port
         raise proc.fail(f"exited with code {proc.popen.returncode}; another process answers on port {port}")
 

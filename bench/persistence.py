@@ -36,7 +36,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _proc import HOST, BenchError, Proc, Procs, free_port, install_signal_handlers, redis_server_argv, run_guarded
+from _proc import (
+    HOST,
+    BenchError,
+    Proc,
+    Procs,
+    free_port,
+    install_signal_handlers,
+    redis_server_argv,
+    run_guarded,
+    wait_port,
+)
 from bench import PASSWORD_ENV, Bench, System, Worker, _percentile, _ratio
 
 HERE = Path(__file__).resolve().parent
@@ -88,23 +98,9 @@ def fs_of(path: Path) -> str:
 
 
 def _wait_ready(proc: Proc, port: int, ping: bool, timeout: float) -> float:
-    """Poll every POLL_S until proc answers (connect; with `ping`, +PONG); return the monotonic time it did."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((HOST, port), timeout=1) as sock:
-                if not ping:
-                    return time.monotonic()
-                sock.sendall(PING)
-                if sock.recv(64).startswith(b"+PONG"):  # -LOADING while Redis loads
-                    return time.monotonic()
-        except OSError:
-            pass
-        if not proc.alive():
-            raise proc.fail(f"exited with code {proc.popen.returncode} before answering on port {port}")
-        if time.monotonic() > deadline:
-            raise proc.fail(f"not answering on port {port} after {timeout:.0f}s")
-        time.sleep(POLL_S)
+    """Return the monotonic time at which proc answered (connect; with `ping`, +PONG)."""
+    wait_port(proc, port, timeout, PING if ping else None, poll=POLL_S)  # POLL_S: the resolution of load times
+    return time.monotonic()
 
 
 @dataclass

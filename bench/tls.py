@@ -16,13 +16,11 @@ import ipaddress
 import math
 import os
 import platform
-import socket
 import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from _proc import HOST, Procs, free_port, install_signal_handlers, redis_server_argv, run_guarded, wait_port
@@ -96,22 +94,7 @@ def _redis_tls_args(port: int, ca: Path, cert: Path, key: Path) -> list[str]:
 
 def _wait_tls(proc, port: int, ca: Path, timeout: float) -> None:  # type: ignore[no-untyped-def]
     """Return once proc answers PING with +PONG over TLS on port."""
-    ctx = ssl.create_default_context(cafile=str(ca))
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((HOST, port), timeout=1) as raw:
-                with ctx.wrap_socket(raw, server_hostname=HOST) as s:
-                    s.sendall(b"*1\r\n$4\r\nPING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
-                        return
-        except OSError:
-            pass
-        if not proc.alive():
-            raise proc.fail(f"exited with code {proc.popen.returncode} before answering TLS on port {port}")
-        if time.monotonic() > deadline:
-            raise proc.fail(f"no TLS answer on port {port} after {timeout:.0f}s")
-        time.sleep(0.02)
+    wait_port(proc, port, timeout, b"*1\r\n$4\r\nPING\r\n", ssl.create_default_context(cafile=str(ca)))
 
 
 class TlsBench(Bench):
