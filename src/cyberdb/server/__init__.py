@@ -255,7 +255,7 @@ class Server:
         """State and counters: tables, connections, and the append-only log (file, policy, size, fsyncs, ...)."""
         def collect() -> dict[str, Any]:
             return {"tables": len(self._store), "connections": self._ctx.authenticated if self._ctx else 0,
-                    "unauthenticated": sum(self._ctx.unauthenticated.values()) if self._ctx else 0,
+                    "unauthenticated": self._ctx.handshaking if self._ctx else 0,
                     "partial_bytes": self._ctx.partial_bytes if self._ctx else 0,
                     "append_log": self._log.info() if self._log is not None else None,
                     "backup": {"file": self._backup[0], "cycle": self._backup[1]} if self._backup else None}

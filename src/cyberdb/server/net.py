@@ -145,6 +145,7 @@ class ServerContext:
     connections: set[ServerConnection] = field(default_factory=set)  # every open one (shutdown closes them)
     authenticated: int = 0  # of which authenticated: these count toward max_con
     unauthenticated: dict[str, int] = field(default_factory=dict)  # per source address, still in the handshake
+    handshaking: int = 0  # their sum
     partial_bytes: int = 0  # bytes of frames that started arriving and are not complete yet, all connections
     guard: Guard = field(default_factory=lambda: Guard())
     slow_after: float = 0.01  # seconds: commands slower than this go to the slow log
@@ -172,6 +173,7 @@ class ServerConnection(asyncio.Protocol):
         self._held_bytes = 0
         self._held_paused = False  # reading paused: too many bytes of replies wait for the log
         self._closing = False  # close once the held outputs are sent
+        self._address = "?"  # the peer's IP address
         self._host: str | None = None  # counted in ctx.unauthenticated under this address until authenticated
         self._counted = False  # counted in ctx.authenticated
         self._partial = 0  # bytes of an unfinished frame, counted in ctx.partial_bytes
@@ -195,7 +197,8 @@ class ServerConnection(asyncio.Protocol):
             logger.warning("refused %s: address not in the whitelist", self._peer)
             self._refuse("address not allowed by the server's whitelist")
             return
-        banned = ctx.guard.banned(peer[0] if peer else "?")
+        self._address = peer[0] if peer else "?"
+        banned = ctx.guard.banned(self._address)
         if banned:  # refused before any handshake: a banned address costs no key derivation or HMAC
             self._refuse(f"too many failed authentications from this address: try again in {banned:.0f} s")
             return
@@ -205,14 +208,14 @@ class ServerConnection(asyncio.Protocol):
             return
         # connections still in the handshake have a budget of their own, in total and per address, so that
         # peers that never authenticate cannot keep the clients that do out (max_con counts only those)
-        host, limits = (peer[0] if peer else "?"), ctx.limits
+        host, limits = self._address, ctx.limits
         waiting = ctx.unauthenticated.get(host, 0)
-        if waiting >= limits.max_unauthenticated_per_ip or sum(ctx.unauthenticated.values()) >= \
-                limits.max_unauthenticated:
+        if waiting >= limits.max_unauthenticated_per_ip or ctx.handshaking >= limits.max_unauthenticated:
             logger.warning("refused %s: too many connections still in the handshake", self._peer)
             self._refuse("too many unauthenticated connections from this address")
             return
         ctx.unauthenticated[host] = waiting + 1
+        ctx.handshaking += 1
         self._host = host
         ctx.connections.add(self)
         self._session = protocol.ServerSession(ctx.master, ctx.salt, ctx.iterations, ctx.encrypt)
@@ -339,7 +342,7 @@ class ServerConnection(asyncio.Protocol):
                 self._send(replies[0] if len(replies) == 1 else b"".join(replies))
         except AuthenticationError:
             # a wrong password: answer after a delay that grows with the address's failures (see Guard)
-            delay = self._ctx.guard.failed(self._host_of_peer())
+            delay = self._ctx.guard.failed(self._address)
             reject = session.data_to_send()
             transport.pause_reading()
             asyncio.get_running_loop().call_later(delay, self._reject_after_delay, reject)
@@ -366,9 +369,6 @@ class ServerConnection(asyncio.Protocol):
         self._store.slowlog.append({"time": time.time(), "seconds": round(seconds, 6), "command": name,
                                     "table": table, "client": self._peer})
         logger.warning("slow command: %s on %r from %s took %.1f ms", name, table, self._peer, seconds * 1000)
-
-    def _host_of_peer(self) -> str:
-        return self._peer.rsplit(":", 1)[0]
 
     def _reject_after_delay(self, reject: bytes) -> None:
         transport = self._transport
@@ -434,6 +434,7 @@ class ServerConnection(asyncio.Protocol):
     def _leave_handshake(self) -> None:
         host, self._host = self._host, None
         if host is not None:
+            self._ctx.handshaking -= 1
             left = self._ctx.unauthenticated[host] - 1
             if left:
                 self._ctx.unauthenticated[host] = left
