@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -161,10 +160,7 @@ def _silent(conn: socket.socket) -> None:
 def test_connect_and_handshake_honour_socket_timeout() -> None:
     # create_connection() gets the same timeout and leaves it on the socket the handshake uses
     with _tcp_server(_silent) as port:
-        start = time.monotonic()
-        with pytest.raises(cyberdb.TimeoutError, match="handshake timed out"):
+        # the error names the timeout the handshake ran under: socket_timeout's, not a fixed 10 s
+        with pytest.raises(cyberdb.TimeoutError, match=r"handshake timed out after 0\.2 s"):
             cyberdb.connect("127.0.0.1", port, password="pw", socket_timeout=0.2)
-        # Not a timing assertion about speed: without socket_timeout the handshake waits a fixed 10 s, so this
-        # generous bound only tells "0.2 s was used" from "10 s was used".
-        assert time.monotonic() - start < 5
 

@@ -187,6 +187,12 @@ def test_password_guessing_is_slowed_then_banned_and_logged_in_summary(
     assert guess(db.port, PASSWORD, source="127.0.0.1") == "ok"  # others are not locked out
     lines = [r for r in caplog.records if ATTACKER in r.getMessage() and "failed authentication" in r.getMessage()]
     assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]  # one line per address per minute, not 15
+    # the refusals while banned are summed up the same way: one line, not one per refused connection
+    refused = [r for r in caplog.records if ATTACKER in r.getMessage() and "connection(s) refused" in r.getMessage()]
+    assert len(refused) == 1, [r.getMessage() for r in refused]
+    for _ in range(20):
+        guess(db.port, "wrong")
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING and ATTACKER in r.getMessage()]) <= 3
 
 
 def test_the_library_prints_nothing_unless_logging_is_configured() -> None:

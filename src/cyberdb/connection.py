@@ -141,7 +141,7 @@ class Connection:
 
     def _handshake(self) -> None:
         session, sock = self._session, self.sock
-        with map_errors("handshake"):
+        with map_errors("handshake", sock.gettimeout()):
             try:
                 sock.sendall(session.start())
                 while not session.ready:

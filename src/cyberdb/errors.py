@@ -176,21 +176,24 @@ def error_from_code(code: int, args: tuple[object, ...]) -> BaseException:
         return ServerError(*args)
 
 
-def os_error(exc: OSError, what: str = "connection") -> CyberDBError:
-    """The CyberDB error for an ``OSError`` from a socket (our own errors pass through)."""
+def os_error(exc: OSError, what: str = "connection", timeout: float | None = None) -> CyberDBError:
+    """The CyberDB error for an ``OSError`` from a socket (our own errors pass through).
+
+    ``timeout``, the socket's timeout if known, is named in the message of a timeout.
+    """
     if isinstance(exc, CyberDBError):
         return exc
     if isinstance(exc, builtins.TimeoutError):
-        return TimeoutError(f"{what} timed out")
+        return TimeoutError(f"{what} timed out" + (f" after {timeout:g} s" if timeout is not None else ""))
     return ConnectionLostError(f"{what} lost: {exc}")
 
 
 @contextlib.contextmanager
-def map_errors(what: str = "connection") -> Iterator[None]:
-    """Turn ``OSError``/``socket.timeout`` raised inside the block into CyberDB errors."""
+def map_errors(what: str = "connection", timeout: float | None = None) -> Iterator[None]:
+    """Turn ``OSError``/``socket.timeout`` raised inside the block into CyberDB errors (see ``os_error``)."""
     try:
         yield
     except CyberDBError:  # ours derive from OSError too (ConnectionError, TimeoutError): pass them on
         raise
     except OSError as exc:
-        raise os_error(exc, what) from exc
+        raise os_error(exc, what, timeout) from exc

@@ -82,6 +82,30 @@ class Limits:
     max_partial_bytes: int = 512 << 20  # bytes of unfinished frames held for all connections together
 
 
+class LogSummary:
+    """At most one log line per key per ``interval`` seconds, with the count of events since the last line.
+
+    What an attacker can repeat at will (failed passwords, refused connections) must not flood the log.
+    """
+
+    def __init__(self, interval: float, max_keys: int = 10_000) -> None:
+        self.interval, self.max_keys = interval, max_keys
+        self._keys: dict[object, list[float]] = {}  # key -> [events not logged yet, logged at]
+
+    def warning(self, key: object, msg: str, *args: object) -> None:
+        """Count one event under ``key``; log ``"<count> <msg % args>"`` if its last line is old enough."""
+        now = time.monotonic()
+        entry = self._keys.get(key)
+        if entry is None:
+            if len(self._keys) >= self.max_keys:  # bounded memory under a distributed attack
+                self._keys = {k: e for k, e in self._keys.items() if now - e[1] < self.interval}
+            entry = self._keys[key] = [0, -self.interval]
+        entry[0] += 1
+        if now - entry[1] >= self.interval:
+            logger.warning("%d %s", int(entry[0]), msg % args)
+            entry[0], entry[1] = 0, now
+
+
 class Guard:
     """Slows password guessing per source address: a growing delay, then a temporary ban; logs in summary.
 
@@ -97,8 +121,8 @@ class Guard:
     # server's own host out for minutes (other loopback addresses, e.g. 127.0.0.2, are treated as remote)
 
     def __init__(self) -> None:
-        self._failures: dict[str, list[float]] = {}  # host -> [failures, first failure, banned until, logged at]
-        self._unlogged: dict[str, int] = {}
+        self._failures: dict[str, list[float]] = {}  # host -> [failures, first failure, banned until]
+        self.log = LogSummary(self.WINDOW)  # also used for refused connections (see ServerConnection._refuse)
 
     def banned(self, host: str) -> float:
         """Seconds left of ``host``'s ban (0: not banned)."""
@@ -114,14 +138,11 @@ class Guard:
         if entry is None or now - entry[1] > self.WINDOW and entry[2] <= now:
             if len(self._failures) > 100_000:  # bounded memory under a distributed attack
                 self._failures = {h: e for h, e in self._failures.items() if e[2] > now or now - e[1] <= self.WINDOW}
-            entry = self._failures[host] = [0, now, 0.0, 0.0]
+            entry = self._failures[host] = [0, now, 0.0]
         entry[0] += 1
         n = int(entry[0])
-        self._unlogged[host] = self._unlogged.get(host, 0) + 1
-        if now - entry[3] >= self.WINDOW:  # one line per address per window, with the count since the last one
-            logger.warning("%d failed authentication(s) from %s%s", self._unlogged.pop(host), host,
-                           f"; refused for {self.BAN:.0f} s" if n >= self.BAN_AFTER else "")
-            entry[3] = now
+        self.log.warning(("auth", host), "failed authentication(s) from %s%s", host,
+                         f"; refused for {self.BAN:.0f} s" if n >= self.BAN_AFTER else "")
         if n >= self.BAN_AFTER and host not in _NEVER_BANNED:
             entry[2] = now + self.BAN
         return 0.0 if n < self.FREE else min(self.MAX_DELAY, 0.1 * 2 ** (n - self.FREE))
@@ -192,18 +213,16 @@ class ServerConnection(asyncio.Protocol):
         self._transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self._address = peer[0] if peer else "?"
         ctx = self._ctx
         if ctx.whitelist is not None and not (peer and address_allowed(peer[0], ctx.whitelist)):
-            logger.warning("refused %s: address not in the whitelist", self._peer)
             self._refuse("address not allowed by the server's whitelist")
             return
-        self._address = peer[0] if peer else "?"
         banned = ctx.guard.banned(self._address)
         if banned:  # refused before any handshake: a banned address costs no key derivation or HMAC
             self._refuse(f"too many failed authentications from this address: try again in {banned:.0f} s")
             return
         if ctx.authenticated >= ctx.max_con:
-            logger.warning("refused %s: max_con=%d reached", self._peer, ctx.max_con)
             self._refuse(f"too many connections (max_con={ctx.max_con})")
             return
         # connections still in the handshake have a budget of their own, in total and per address, so that
@@ -211,7 +230,6 @@ class ServerConnection(asyncio.Protocol):
         host, limits = self._address, ctx.limits
         waiting = ctx.unauthenticated.get(host, 0)
         if waiting >= limits.max_unauthenticated_per_ip or ctx.handshaking >= limits.max_unauthenticated:
-            logger.warning("refused %s: too many connections still in the handshake", self._peer)
             self._refuse("too many unauthenticated connections from this address")
             return
         ctx.unauthenticated[host] = waiting + 1
@@ -428,6 +446,9 @@ class ServerConnection(asyncio.Protocol):
 
     def _refuse(self, reason: str) -> None:
         assert self._transport is not None
+        # one line per address and reason per minute: refusals cost an attacker nothing, so must not flood the log
+        self._ctx.guard.log.warning(("refused", self._address, reason.partition(":")[0]),
+                                    "connection(s) refused from %s: %s", self._address, reason)
         self._transport.write(protocol.reject_frame(reason))
         self._transport.close()
 
