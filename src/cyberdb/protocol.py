@@ -141,6 +141,7 @@ class _Session:
 
     def __init__(self, max_frame: int) -> None:
         self.decoder = FrameDecoder(max_frame=max_frame)
+        self._max_payload = max_frame - _REQUEST.size - crypto.TAG_SIZE  # any larger payload gets a closer look
         self.state = State.HELLO
         self._cipher: crypto.FrameCipher | None = None
         self._transcript = b""
@@ -381,7 +382,7 @@ class ClientSession(_Session):
         """
         if self.state is not State.READY:
             raise ProtocolError("the handshake has not completed")
-        if len(payload) > self.decoder.max_frame - _REQUEST.size - crypto.TAG_SIZE:  # one compare on the hot path
+        if len(payload) > self._max_payload:  # one compare on the hot path
             self.check_size(len(payload))
         if self._cipher is None:  # the hot path: one pack, one concatenation
             frame = _FRAMED_REQUEST.pack(len(payload) + _REQUEST.size, req_id, ack, op) + payload

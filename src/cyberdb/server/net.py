@@ -276,14 +276,14 @@ class ServerConnection(asyncio.Protocol):
         except ProtocolError:
             return
         self._process()
-        self._track_partial()
+        session = self._session
+        if self._partial or session is not None and session.decoder.pending():  # usually every request came whole
+            self._track_partial()
 
     def _track_partial(self) -> None:
         """Account for an unfinished frame: its bytes count toward a server-wide cap, and it must keep a rate."""
         session, ctx = self._session, self._ctx
         pending = session.decoder.pending() if session is not None else 0
-        if not pending and not self._partial:  # the usual case: every request arrived whole
-            return
         ctx.partial_bytes += pending - self._partial
         self._partial = pending
         if not pending:
@@ -341,12 +341,13 @@ class ServerConnection(asyncio.Protocol):
                 self._authenticated()
             else:
                 request = session.next_request()
-            slow = self._ctx.slow_after
+            slow, clock = self._ctx.slow_after, time.perf_counter
             while request is not None:
-                started = time.perf_counter()
+                started = clock()
                 reply = self._execute(session, *request)
-                if time.perf_counter() - started > slow:
-                    self._record_slow(request[1], request[2], time.perf_counter() - started)
+                took = clock() - started
+                if took > slow:
+                    self._record_slow(request[1], request[2], took)
                 replies.append(reply)
                 pending += len(reply)
                 if pending > _FLUSH_BYTES:  # write now: the transport may pause us (pause_writing)
