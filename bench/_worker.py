@@ -111,6 +111,8 @@ class _CyberDB:
                 lk.release()
 
             return lock
+        if name == "set_ttl":
+            return lambda key: d.set(key, value, ttl=60)
         if name == "ref_append":
             sessions = proxy.get_cyberdict("sessions")
             sessions["s1"] = {"cart": []}  # so the cart holds one measurement's items at most
@@ -243,6 +245,8 @@ class _Redis:
                 lk.release()
 
             return lock
+        if name == "set_ttl":
+            return lambda key: r.set(f"e:{key}", value, ex=60)
         if name == "ref_append":
             r.delete("cart:s1")  # as CyberDB's cart: one measurement's items at most
             return lambda _: r.rpush("cart:s1", value)
@@ -364,7 +368,7 @@ def _units(op: str, ops: int, warmup: int) -> tuple[int, int]:
 
 def _args_for(op: str, ops: int, offset: int, keys: int, list_len: int) -> list[Any]:
     # Precomputed so the timed loop does the same tiny work for every system.
-    if op in ("set", "get", "incr"):
+    if op in ("set", "get", "incr", "set_ttl"):
         return [f"k{(i + offset) % keys}" for i in range(ops)]
     if op == "index":
         return [(i + offset) % list_len for i in range(ops)]

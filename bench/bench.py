@@ -48,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 PASSWORD_ENV = "CYBERDB_BENCH_PASSWORD"
 OPS = ("set", "get", "len", "append", "index")  # what each one does per system: bench/README.md
 # the atomic-update features; opt-in with --operations, and left out of the geometric mean
-ATOMIC_OPS = ("incr", "pipe_set", "pipe_get", "transact", "lock", "ref_append")
+ATOMIC_OPS = ("incr", "pipe_set", "pipe_get", "transact", "lock", "ref_append", "set_ttl")
 _PIPE_NOTE = (
     f"pipe_*: ops/s counts calls, {PIPELINE_CALLS} per pipeline, so the ratio is per call; p50/p99 are per pipeline;\n"
     f"        pipelines per client = max({MIN_PIPE_UNITS}, --ops // {PIPELINE_CALLS})"
@@ -61,6 +61,8 @@ NOTES = {  # printed under the table when the op ran
     "lock": "lock: acquire + release, uncontended (redis-py: SET NX PX, then a Lua release script)",
     "ref_append": 'ref_append: cyberdb appends to sessions["s1"]["cart"] in place; plain Redis has no nested\n'
     "            documents, so redis does RPUSH cart:s1",
+    "set_ttl": "set_ttl: cyberdb d.set(key, value, ttl=60) on a table; redis SET key value EX 60 (a key per entry:\n"
+    "         hash fields expire only from Redis 7.4)",
 }
 
 

@@ -44,6 +44,7 @@ from .errors import (
 )
 from .lock import Lock
 from .pipeline import Pending, Pipeline
+from .pubsub import Subscription
 from .retry import Retry
 from .server import Server
 from .tables import CyberDict, CyberList, CyberRef, Executor
@@ -86,6 +87,7 @@ __all__ = [
     "Retry",
     "Server",
     "ServerError",
+    "Subscription",
     "TableError",
     "TableExistsError",
     "TableNotFoundError",

@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="a request must arrive at least this fast once started (checked after 2 s)")
     serve.add_argument("--max-partial-bytes", type=int, default=512 << 20, metavar="BYTES",
                        help="bytes of unfinished requests held for all connections together")
+    serve.add_argument("--max-subscriber-buffer", type=int, default=32 << 20, metavar="BYTES",
+                       help="close a pub/sub subscriber with more than this many bytes of messages not read")
     serve.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                        help="event loop (auto: uvloop if installed)")
     check = sub.add_parser("check", help="verify a snapshot or append-only log and summarise it",
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.whitelist is not None:
             db.set_ip_whitelist(args.whitelist)
         db.set_limits(args.max_unauthenticated, args.max_unauthenticated_per_ip, args.handshake_timeout,
-                      args.min_frame_rate, args.max_partial_bytes)
+                      args.min_frame_rate, args.max_partial_bytes, args.max_subscriber_buffer)
         db.set_max_memory(args.max_memory)
         db.set_slowlog(args.slowlog_threshold)
         db.run(host=args.host, port=args.port, password=args.password, max_con=args.max_con,

@@ -15,6 +15,7 @@ client id, request numbers and lock, and its pool never touches the parent's soc
 from __future__ import annotations
 
 import logging
+import math
 import os
 import ssl
 import sys
@@ -42,6 +43,7 @@ from .errors import (
 )
 from .lock import Lock
 from .pipeline import Pipeline
+from .pubsub import Subscription
 from .retry import Retry
 from .tables import SPEC_REPLY, CyberDict, CyberList, SyncExecutor
 from .transaction import Transaction, transact
@@ -52,8 +54,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _CONNECT_TIMEOUT = 10.0  # connect and handshake, without socket_timeout
 _CLOSED = "this proxy is closed: call proxy.connect() before using it or its tables"
+_BPOP_OP = BY_NAME["list.bpop"].op  # a pop that may wait on the server (see _call_waiting)
 _DB_PING, _DB_CREATE, _DB_CHECK, _DB_TABLES, _DB_DELETE, _DB_BATCH, _DB_SLOWLOG = (
     BY_NAME[n] for n in ("db.ping", "db.create", "db.check", "db.tables", "db.delete", "db.batch", "db.slowlog"))
+_DB_PUBLISH = BY_NAME["db.publish"]
 
 
 class Client:
@@ -99,6 +103,7 @@ class Client:
                               socket_timeout=socket_timeout, client_id=self._identity(), tls=self.tls)
 
         self.pool = ConnectionPool(factory, max_idle_time=time_out, max_connections=max_connections)
+        self._new_connection = factory  # also for connections outside the pool (a subscription's own)
         # Tables this client saw exist in the last `table_check_ttl` seconds, with their kind: get_cyberdict()
         # of such a table needs no round trip.  Every command checks its table again on the server, so a table
         # deleted meanwhile still fails loudly, at its first use.  Forgotten on delete_table() and on a table
@@ -249,7 +254,10 @@ class Proxy(SyncExecutor):
                     conn = self._replace(conn, budget)  # broken earlier, or the parent's socket after a fork
                     ack = client._ack()
                 try:
-                    result = conn.call(spec.op, payload, req_id, ack)
+                    if spec.op != _BPOP_OP:
+                        result = conn.call(spec.op, payload, req_id, ack)
+                    else:
+                        result = _call_waiting(conn, spec.op, payload, req_id, ack, args[2])
                     break
                 except (TableNotFoundError, WrongTableTypeError):
                     if args and type(args[0]) is str:
@@ -352,27 +360,60 @@ class Proxy(SyncExecutor):
         """
         return Lock(self, name, ttl, timeout)
 
+    # ---- publish/subscribe ---------------------------------------------------------------------------------------
+
+    def publish(self, channel: str, value: Any) -> int:
+        """Send ``value`` to every current subscriber of ``channel``; return how many there were.
+
+        Messages are not persisted (a subscriber that is not connected misses them), and a publisher never waits
+        for a subscriber: the server disconnects one that does not keep up (see :mod:`cyberdb.pubsub`).
+
+        Raises:
+            TypeError: ``channel`` is not a non-empty str of at most 1024 characters, or ``value`` cannot be stored.
+        """
+        return self.call(_DB_PUBLISH, [channel, value])  # type: ignore[no-any-return]
+
+    def subscribe(self, *channels: str, timeout: float | None = None) -> Subscription:
+        """Receive what is published on ``channels``: ``with proxy.subscribe("news") as sub: for ch, v in sub:``.
+
+        The subscription has a connection of its own (not from the pool), closed when it is; iterating it stops
+        after ``timeout`` seconds without a message (None: never).  See :class:`~cyberdb.pubsub.Subscription`.
+        """
+        if self._conn is None:
+            raise DisconnectedError(_CLOSED)
+        return Subscription(self._client, channels, timeout)
+
     # ---- tables ------------------------------------------------------------------------------------------------
 
-    def create_cyberdict(self, table_name: str, content: Any = None) -> CyberDict:
+    def create_cyberdict(self, table_name: str, content: Any = None, *, maxsize: int | None = None) -> CyberDict:
         """Create a CyberDict table (optionally filled from a dict, any mapping or a CyberDict) and return it.
+
+        ``maxsize=N`` bounds it like ``functools.lru_cache(maxsize=N)``: inserting a new key into a full table
+        evicts the least recently used key (reads and writes of a key count as use; ``in``, ``len`` and
+        iteration do not).  Content larger than ``maxsize`` keeps its last ``maxsize`` items.
 
         Raises:
             TypeError: ``content`` is not a mapping (as cyberdb 0.9.3, nothing is sent).
+            ValueError: ``maxsize`` is not an int >= 1.
             TableExistsError: a table of that name exists.
         """
-        self._create(table_name, "dict", {} if content is None else _as_dict(content))
+        self._create(table_name, "dict", {} if content is None else _as_dict(content), _bound("maxsize", maxsize))
         return CyberDict(self, table_name)
 
-    def create_cyberlist(self, table_name: str, content: Any = None) -> CyberList:
+    def create_cyberlist(self, table_name: str, content: Any = None, *, maxlen: int | None = None) -> CyberList:
         """Create a CyberList table (optionally filled from a list or a CyberList) and return it.
+
+        ``maxlen=N`` bounds it like ``collections.deque(maxlen=N)``: a write that makes it longer drops items
+        from the front (``append``/``extend`` keep the newest N), and ``insert`` into a full list raises
+        ``IndexError``.  Content longer than ``maxlen`` keeps its last ``maxlen`` items.
 
         Raises:
             TypeError: ``content`` is not a list (as cyberdb 0.9.3: a dict, str or generator is refused rather
                 than turned into its keys, characters or items; pass ``list(...)`` to mean that).
+            ValueError: ``maxlen`` is not an int >= 1.
             TableExistsError: a table of that name exists.
         """
-        self._create(table_name, "list", [] if content is None else _as_list(content))
+        self._create(table_name, "list", [] if content is None else _as_list(content), _bound("maxlen", maxlen))
         return CyberList(self, table_name)
 
     def get_cyberdict(self, table_name: str) -> CyberDict:
@@ -395,8 +436,9 @@ class Proxy(SyncExecutor):
         self._check(table_name, "list")
         return CyberList(self, table_name)
 
-    def _create(self, table_name: str, kind: str, content: dict[Any, Any] | list[Any]) -> None:
-        self.call(_DB_CREATE, [table_name, kind, content])
+    def _create(self, table_name: str, kind: str, content: dict[Any, Any] | list[Any],
+                options: dict[str, int] | None = None) -> None:
+        self.call(_DB_CREATE, [table_name, kind, content] if options is None else [table_name, kind, content, options])
         self._remember(table_name, kind)
 
     def _check(self, table_name: str, kind: str) -> None:
@@ -441,6 +483,26 @@ class Proxy(SyncExecutor):
         if type(table_name) is str:
             self._client.known_tables.pop(table_name, None)
         self.call(_DB_DELETE, [table_name])
+
+
+def _call_waiting(conn: Connection, op: int, payload: bytes, req_id: int, ack: int, timeout: float | None) -> Any:
+    """``conn.call`` of a pop that may wait ``timeout`` seconds on the server: ``socket_timeout`` must not cut it.
+
+    For this call the socket waits ``timeout + socket_timeout`` (no limit if either has none).  Across a reconnect
+    the retry layer re-sends the pop, which then waits again: the whole call can take longer than ``timeout``.
+    """
+    sock = conn.sock
+    before = sock.gettimeout()
+    if timeout is None or before is None:
+        return conn.call(op, payload, req_id, ack)
+    sock.settimeout(None if math.isinf(timeout) else before + timeout)
+    try:
+        return conn.call(op, payload, req_id, ack)
+    finally:
+        try:
+            sock.settimeout(before)
+        except OSError:  # closed: the connection is broken and will be replaced
+            pass
 
 
 class _Budget:
@@ -488,3 +550,12 @@ def _as_list(content: Any) -> list[Any]:
     if not isinstance(content, list):
         raise TypeError(f"the content of a CyberList must be a list, not {type(content).__name__}")
     return list(content)
+
+
+def _bound(option: str, value: int | None) -> dict[str, int] | None:
+    """The table option ``{option: value}`` of a bounded table, checked before anything is sent."""
+    if value is None:
+        return None
+    if type(value) is not int or value < 1:
+        raise ValueError(f"{option} must be an int >= 1 (or None for no bound), not {value!r}")
+    return {option: value}

@@ -54,6 +54,7 @@ class CommandSpec:
     method: str | None = None
     reply: Callable[[Any], Any] | None = None
     path: bool = False  # a table command at a path (see AT_PATH)
+    logged: bool = True  # False: a write the append-only log does not keep (db.publish: messages are not persisted)
 
     @property
     def suffix(self) -> str:
@@ -65,7 +66,7 @@ def _specs() -> list[CommandSpec]:
     return [
         # database level: arguments are exactly as listed (no table argument is split off)
         CommandSpec("db.ping", 1, None, 0, 0, reply=bool, readonly=True),
-        CommandSpec("db.create", 2, None, 3, 3, returns=False),  # name, kind, content
+        CommandSpec("db.create", 2, None, 3, 4, returns=False),  # name, kind, content[, {"maxsize"|"maxlen": n}]
         CommandSpec("db.check", 3, None, 2, 2, readonly=True),  # name, kind
         CommandSpec("db.tables", 4, None, 0, 0, reply=dict, readonly=True),
         CommandSpec("db.delete", 5, None, 1, 1, returns=False),
@@ -79,6 +80,13 @@ def _specs() -> list[CommandSpec]:
         CommandSpec("lock.release", 11, None, 2, 2, returns=False),  # name, token
         CommandSpec("lock.extend", 12, None, 3, 3, returns=False),  # name, token, ttl
         CommandSpec("db.slowlog", 13, None, 0, 1, readonly=True),  # [count] -> the slowest recent commands
+        # pub/sub: channel, value -> how many subscribers got it.  A write for the reply cache (a re-sent publish
+        # is not delivered twice) that the append-only log does not keep: messages are not persisted (as in Redis)
+        CommandSpec("db.publish", 14, None, 2, 2, reply=int, logged=False),
+        # [channel, ...] -> the connection's channels ([] unsubscribes from all); run by the network layer, as
+        # they change the connection rather than the store (server/net.py)
+        CommandSpec("db.subscribe", 15, None, 1, 1, readonly=True),
+        CommandSpec("db.unsubscribe", 16, None, 1, 1, readonly=True),
         # CyberDict
         CommandSpec("dict.getitem", 100, DICT, 1, 1, method="__getitem__", readonly=True),
         CommandSpec("dict.setitem", 101, DICT, 2, 2, method="__setitem__", returns=False),
@@ -97,6 +105,10 @@ def _specs() -> list[CommandSpec]:
         CommandSpec("dict.todict", 114, DICT, 0, 0, readonly=True),
         CommandSpec("dict.incr", 115, DICT, 2, 2),  # key, amount -> new value
         CommandSpec("dict.copy", 116, DICT, 0, 0, readonly=True),  # the value itself (what a handle's copy() returns)
+        CommandSpec("dict.set", 117, DICT, 2, 3, returns=False),  # key, value[, ttl]: d[key] = value, expiring
+        CommandSpec("dict.expire", 118, DICT, 2, 2, returns=False),  # key, seconds (<= 0 deletes the key)
+        CommandSpec("dict.ttl", 119, DICT, 1, 1, readonly=True),  # key -> seconds left, or None
+        CommandSpec("dict.persist", 120, DICT, 1, 1, reply=bool),  # key -> whether it had an expiry
         # CyberList
         CommandSpec("list.getitem", 200, LIST, 1, 1, method="__getitem__", readonly=True),
         CommandSpec("list.getslice", 201, LIST, 3, 3, readonly=True),  # start, stop, step
@@ -122,6 +134,8 @@ def _specs() -> list[CommandSpec]:
         CommandSpec("list.replace_if", 221, LIST, 2, 2, reply=bool),  # version, items -> bool
         CommandSpec("list.incr", 222, LIST, 2, 2),  # index, amount -> new value
         CommandSpec("list.copy", 223, LIST, 0, 0, readonly=True),
+        # index, timeout or None, into or None: pop that may wait for an item and/or move it (see tables.pop)
+        CommandSpec("list.bpop", 224, LIST, 3, 3),
     ]
 
 

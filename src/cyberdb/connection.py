@@ -11,6 +11,7 @@ that context lazily, once per process, so that a context made after gevent's pat
 
 from __future__ import annotations
 
+import builtins
 import os
 import select
 import socket
@@ -134,6 +135,7 @@ class Connection:
             sock.close()
             raise
         self.last_used = time.monotonic()
+        self._wait: float | None | bool = False  # the socket timeout next_event set last (False: none yet)
 
     def __repr__(self) -> str:
         state = "BROKEN" if self.broken else "OPEN"
@@ -217,6 +219,52 @@ class Connection:
                     else:
                         out.append((reply[1], reply[2]))
                         self.requests += 1
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+
+    def send(self, op: int, payload: bytes, req_id: int, ack: int) -> None:
+        """Send one request without reading its reply: ``next_event`` returns it (a subscription's connection).
+
+        Raises:
+            ConnectionLostError, TimeoutError: the connection broke (it is marked broken).
+        """
+        if self.broken:
+            raise ConnectionLostError("this connection is broken")
+        frame = self._session.request(req_id, op, payload, ack)
+        try:
+            self.sock.sendall(frame)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+
+    def next_event(self, timeout: float | None) -> tuple[int, int, bytes] | None:
+        """The next reply or pushed message ``(request id, status, payload)`` (``protocol.PUSH_ID``: a push).
+
+        Waits up to ``timeout`` seconds (None: as long as it takes) and returns None if nothing came; what was
+        half received stays buffered for the next call.
+
+        Raises:
+            ConnectionLostError: the server closed the connection, or it broke (it is marked broken).
+        """
+        session, sock = self._session, self.sock
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                event = session.next_event()
+                if event is not None:
+                    return event
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is not None and wait <= 0:
+                    return None
+                if wait != self._wait:  # settimeout costs system calls: only when it changes
+                    sock.settimeout(wait)
+                    self._wait = wait
+                try:
+                    data = sock.recv(_RECV_SIZE)
+                except builtins.TimeoutError:  # socket.timeout (ours, TimeoutError, is imported here)
+                    return None
+                session.feed(data)
         except BaseException as exc:
             self._fail(exc)
             raise

@@ -20,6 +20,11 @@ Handshake (both sides prove they know the password-derived key; the password nev
 
 The server's and the client's side are :class:`ServerSession` and :class:`ClientSession`; transports feed them
 bytes and write what they return.  After any error a session is dead and refuses further use.
+
+Publish/subscribe: the server pushes each message to a subscribed connection as a reply frame with the reserved
+request id ``PUSH_ID`` (clients number their requests from 1), status OK and payload ``[channel, value]``; it is
+sealed in the order it is written, like a reply.  ``ClientSession.next_event`` returns such frames as well as
+replies; ``next_reply`` refuses them (a connection that did not subscribe gets none).
 """
 
 from __future__ import annotations
@@ -36,10 +41,12 @@ from .errors import ConnectionError as CyberConnectionError
 __all__ = [
     "MAX_FRAME",
     "MAX_PREAUTH",
+    "PUSH_ID",
     "ClientSession",
     "FrameDecoder",
     "ServerSession",
     "encode_frame",
+    "push_frame",
 ]
 
 VERSION = 2
@@ -50,6 +57,7 @@ MAGIC, REJECT, WELCOME = b"CYDB", b"CYNO", b"CYOK"
 NONCE_SIZE, SALT_SIZE, PROOF_SIZE, CLIENT_ID_SIZE = 32, 16, 32, 16
 ANONYMOUS = bytes(CLIENT_ID_SIZE)
 STATUS_OK = 0
+PUSH_ID = 0  # the request id of a pushed (published) message; no request has it
 
 _LEN = struct.Struct("!I")
 _REQUEST = struct.Struct("!QQH")  # request id, ack, command id
@@ -58,6 +66,7 @@ _FRAMED_REQUEST = struct.Struct("!IQQH")  # length + request header: a plain fra
 _FRAMED_REPLY = struct.Struct("!IQH")
 _HELLO = struct.Struct(f"!4sBB{NONCE_SIZE}s{CLIENT_ID_SIZE}s")
 _CHALLENGE = struct.Struct(f"!4sBBI{SALT_SIZE}s{NONCE_SIZE}s")
+_PUSH_HEADER = _REPLY.pack(PUSH_ID, STATUS_OK)
 HEADER_SIZE = _REQUEST.size  # the larger of the two headers
 
 
@@ -265,6 +274,20 @@ class ServerSession(_Session):
             return _FRAMED_REPLY.pack(len(payload) + _REPLY.size, req_id, status) + payload
         return self._seal(_REPLY.pack(req_id, status), payload)
 
+    def push(self, payload: bytes, plain: bytes | None = None) -> bytes:
+        """The frame pushing a published message; ``plain`` is its unencrypted frame if built already.
+
+        With encryption it is sealed now: write such frames in the order they are built, replies included.
+        """
+        if self._cipher is None and self.state is State.READY:
+            return plain if plain is not None else push_frame(payload)
+        return self._seal(_REPLY.pack(PUSH_ID, STATUS_OK), payload)
+
+
+def push_frame(payload: bytes) -> bytes:
+    """The unencrypted frame pushing a published message (payload: encoded ``[channel, value]``)."""
+    return _FRAMED_REPLY.pack(len(payload) + _REPLY.size, PUSH_ID, STATUS_OK) + payload
+
 
 def reject_frame(reason: str) -> bytes:
     """A pre-authentication refusal that tells the client why before the server closes."""
@@ -409,6 +432,28 @@ class ClientSession(_Session):
                 self.state = State.CLOSED
                 raise ConnectionLostError("the server closed the connection")
             return None
+        return self._matched(body)
+
+    def next_event(self) -> tuple[int, int, bytes] | None:
+        """Like ``next_reply``, but also return pushed messages: ``(PUSH_ID, STATUS_OK, [channel, value])``.
+
+        A push does not answer a request: the replies awaited stay awaited.
+
+        Raises:
+            ConnectionLostError: the server closed the connection.
+            ProtocolError: a reply to no request, or to another request than the oldest one waiting.
+        """
+        body = self._next_message(_REPLY.size)
+        if body is None:
+            if self._eof:
+                self.state = State.CLOSED
+                raise ConnectionLostError("the server closed the connection")
+            return None
+        if body.startswith(_PUSH_HEADER):
+            return PUSH_ID, STATUS_OK, body[_REPLY.size:]
+        return self._matched(body)
+
+    def _matched(self, body: bytes) -> tuple[int, int, bytes]:
         req_id, status = _REPLY.unpack_from(body)
         try:
             wanted = self._expected.popleft()

@@ -255,6 +255,44 @@ class DictOps(_Table):
         """Copy the whole table into a plain ``dict``."""
         return self._run(C["dict.todict"])  # type: ignore[no-any-return]
 
+    def set(self, key: Any, value: Any, ttl: float | None = None) -> Any:
+        """``d[key] = value``, expiring ``ttl`` seconds from now (None: never, like ``d[key] = value``).
+
+        Like Redis ``SET``, storing a value with ``d[key] = value``, ``set`` or ``update`` replaces any expiry
+        the key had; changing it in place (``incr``, ``ref(key)...``, ``setdefault`` of an existing key) keeps
+        it.  An expired key is gone for every operation at once; deadlines are absolute (wall clock).
+
+        Raises:
+            ValueError: ``ttl`` is not a number of seconds above 0 (nothing is sent).
+        """
+        if ttl is None:
+            return self._run(C["dict.set"], key, value)
+        return self._run(C["dict.set"], key, value, _seconds(ttl, "ttl"))
+
+    def expire(self, key: Any, seconds: float) -> Any:
+        """Make ``key`` expire ``seconds`` from now (0 or less deletes it now, as Redis ``EXPIRE`` does).
+
+        Raises:
+            KeyError: ``key`` is not in the table.
+        """
+        return self._run(C["dict.expire"], key, _seconds(seconds, "seconds", positive=False))
+
+    def ttl(self, key: Any) -> float | None:
+        """Seconds until ``key`` expires, or None if it has no expiry.
+
+        Raises:
+            KeyError: ``key`` is not in the table (or has expired).
+        """
+        return self._run(C["dict.ttl"], key)  # type: ignore[no-any-return]
+
+    def persist(self, key: Any) -> bool:
+        """Remove ``key``'s expiry; return whether it had one.
+
+        Raises:
+            KeyError: ``key`` is not in the table.
+        """
+        return self._run(C["dict.persist"], key)  # type: ignore[no-any-return]
+
     def incr(self, key: Any, amount: Any = 1) -> Any:
         """Add ``amount`` to the number at ``key`` atomically and return the new value.
 
@@ -427,9 +465,36 @@ class ListOps(_Table):
         """Insert ``value`` before ``index``."""
         return self._run(C["list.insert"], _index(index), value)
 
-    def pop(self, index: int = -1) -> Any:
-        """Remove and return the item at ``index`` (default last); ``IndexError`` if out of range."""
-        return self._run(C["list.pop"], _index(index))
+    def pop(self, index: int = -1, *, timeout: float | None = None, into: CyberList | str | None = None) -> Any:
+        """Remove and return the item at ``index`` (default last); ``IndexError`` if out of range.
+
+        Args:
+            timeout: None or 0 (the default): do not wait, exactly ``list.pop``.  A number of seconds > 0
+                (``math.inf``: no limit): while the list is empty, wait on the server for an item, without holding
+                up other clients; waiters on one list are served first come, first served.  ``IndexError`` if
+                none came in time.  Inside a pipeline, an atomic batch or a transaction it does not wait (as
+                Redis's BLPOP inside MULTI).  Only a table waits (a ``ref()`` handle's ``pop`` takes no timeout).
+            into: a CyberList (or a table name): the item is appended to the end of that table in the same
+                atomic command (a reliable queue: a job a dead worker held stays there).  If ``into`` does not
+                exist or is not a CyberList, that error is raised and nothing is popped.
+
+        Raises:
+            ValueError: ``timeout`` is negative or NaN (nothing is sent).
+        """
+        if timeout is not None:
+            if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+                raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+            if not timeout >= 0:
+                raise ValueError(f"timeout must be >= 0 (or math.inf), not {timeout!r}")
+            timeout = timeout or None
+        if into is None:
+            if timeout is None:
+                return self._run(C["list.pop"], _index(index))
+        elif isinstance(into, CyberList):
+            into = into.name
+        elif not isinstance(into, str):
+            raise TypeError(f"into must be a CyberList or a table name, not {type(into).__name__}")
+        return self._run(C["list.bpop"], _index(index), timeout, into)
 
     def remove(self, value: Any) -> Any:
         """Remove the first occurrence of ``value``; ``ValueError`` if absent."""
@@ -576,8 +641,8 @@ class CyberRef(DictOps, ListOps):
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)
 
-    def pop(self, *args: Any) -> Any:
-        """``dict.pop(key[, default])`` or ``list.pop([index])``, by the value's type."""
+    def pop(self, *args: Any) -> Any:  # type: ignore[override]  # no timeout/into: only a table waits
+        """``dict.pop(key[, default])`` or ``list.pop([index])``, by the value's type (never waits)."""
         if not args:
             return self._run(C["list.pop"])
         return self._run(C["dict.pop"], *args)
@@ -604,6 +669,13 @@ def _plain(value: Any) -> Any:
     if isinstance(value, CyberRef):
         return value._now(C["dict.copy"])
     return value
+
+
+def _seconds(value: Any, what: str, positive: bool = True) -> float:
+    """A number of seconds for an expiry, checked before anything is sent."""
+    if type(value) not in (int, float) or value != value or (positive and value <= 0):
+        raise ValueError(f"{what} must be a number of seconds{' above 0' if positive else ''}, not {value!r}")
+    return float(value)
 
 
 def _listed(values: Any) -> list[Any]:

@@ -39,6 +39,8 @@ T = TypeVar("T")
 DEFAULT_ENCRYPT_WHITELIST = ("127.0.0.1", "::1")
 _LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 DRAIN_TIMEOUT = 5.0  # seconds a clean shutdown waits for the last replies to reach the clients
+SWEEP_INTERVAL = 0.1  # seconds between two sweeps of expired keys when none are left due
+SWEEP_BUDGET = 0.002  # seconds one sweep may run before other work gets the loop back
 
 
 class Server:
@@ -68,6 +70,7 @@ class Server:
         self._max_memory = 0
         self._slow_after = 0.01
         self._sampler: asyncio.TimerHandle | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
         self._log: AppendLog | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -108,8 +111,8 @@ class Server:
 
     def set_limits(self, max_unauthenticated: int = 1024, max_unauthenticated_per_ip: int = 128,
                    handshake_timeout: float = 10.0, min_frame_rate: int = 32 << 10,
-                   max_partial_bytes: int = 512 << 20) -> None:
-        """Bound what peers that have not authenticated (yet), and slow senders, may hold.
+                   max_partial_bytes: int = 512 << 20, max_subscriber_buffer: int = 32 << 20) -> None:
+        """Bound what peers that have not authenticated (yet), slow senders and slow subscribers may hold.
 
         Such connections do not count toward ``max_con``: a peer that opens sockets and never authenticates can
         fill only its own budget, not lock out the clients that know the password.
@@ -122,15 +125,17 @@ class Server:
                 client announcing 60 MiB and trickling it is closed, and the bytes it held are freed).
             max_partial_bytes: bytes of unfinished requests held for all connections together; the connection
                 whose bytes pass it is closed.
+            max_subscriber_buffer: bytes of published messages a subscriber has not read yet; past it the
+                subscriber's connection is closed (a publisher never waits for a subscriber).
 
         Raises:
             ValueError: a limit below 1 or a timeout not above 0.
         """
-        if min(max_unauthenticated, max_unauthenticated_per_ip, min_frame_rate, max_partial_bytes) < 1 or \
-                not handshake_timeout > 0:
+        if min(max_unauthenticated, max_unauthenticated_per_ip, min_frame_rate, max_partial_bytes,
+               max_subscriber_buffer) < 1 or not handshake_timeout > 0:
             raise ValueError("the limits must be at least 1 and the handshake timeout above 0")
         self._limits = Limits(int(max_unauthenticated), int(max_unauthenticated_per_ip), float(handshake_timeout),
-                              int(min_frame_rate), int(max_partial_bytes))
+                              int(min_frame_rate), int(max_partial_bytes), int(max_subscriber_buffer))
         if self._ctx is not None:
             ctx, limits = self._ctx, self._limits
             self._call_in_loop(lambda: setattr(ctx, "limits", limits))
@@ -254,9 +259,12 @@ class Server:
     def info(self) -> dict[str, Any]:
         """State and counters: tables, connections, and the append-only log (file, policy, size, fsyncs, ...)."""
         def collect() -> dict[str, Any]:
-            return {"tables": len(self._store), "connections": self._ctx.authenticated if self._ctx else 0,
+            return {"tables": len(self._store), "expiring_keys": self._store.expiring(),
+                    "connections": self._ctx.authenticated if self._ctx else 0,
                     "unauthenticated": self._ctx.handshaking if self._ctx else 0,
                     "partial_bytes": self._ctx.partial_bytes if self._ctx else 0,
+                    # pops waiting for an item (pop(timeout=...) on an empty list)
+                    "blocked": sum(len(q) for q in self._ctx.waiters.values()) if self._ctx else 0,
                     "append_log": self._log.info() if self._log is not None else None,
                     "backup": {"file": self._backup[0], "cycle": self._backup[1]} if self._backup else None}
         return self._call_in_loop(collect)
@@ -291,7 +299,7 @@ class Server:
         state = read_state(file_name)
 
         def load() -> None:
-            self._store.load(state.tables, state.leases, state.clocks)
+            self._store.load(state.tables, state.leases, state.clocks, state.meta)
             for client in state.clients:
                 self._replies.restore(*client)
             if self._log is not None:
@@ -426,6 +434,7 @@ class Server:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stop_event.set)
         self._schedule_backup()
+        self._sweep()
         if ctx.max_memory:
             self._sample_memory()
         logger.info("CyberDB listening on %s:%s (encrypt=%s, tls=%s)", *self.address or ("?", "?"), ctx.encrypt,
@@ -510,6 +519,15 @@ class Server:
         root.setLevel(logging.DEBUG)
 
 
+    def _sweep(self) -> None:
+        # expired keys are removed a few milliseconds at a time: every 100 ms, and at once again while some are due
+        # (like Redis's active expiry), so memory comes back without any client asking for them
+        loop = self._loop
+        if loop is None or self._stop_event is None or self._stop_event.is_set():
+            return
+        more = self._store.sweep(SWEEP_BUDGET)
+        self._sweeper = loop.call_later(0.0 if more else SWEEP_INTERVAL, self._sweep)
+
     def _sample_memory(self) -> None:
         ctx, loop = self._ctx, self._loop
         if self._sampler is not None:
@@ -536,7 +554,8 @@ def _rss() -> int | None:
 
 
 def _save(store: Store, replies: ReplyCache, path: str) -> None:
-    write_atomic(path, encode_snapshot(store.dump(), list(replies.clients()), store.leases(), store.clocks()))
+    write_atomic(path, encode_snapshot(store.dump(), list(replies.clients()), store.leases(), store.clocks(),
+                                       store.meta()))
 
 
 async def _drained(ctx: ServerContext, timeout: float) -> None:

@@ -117,6 +117,7 @@ def replay_log(path: str, store: Store, replies: ReplyCache) -> tuple[int, int, 
     tables: dict[str, Any] | None = {}
     leases: list[Any] = []
     clocks: Any = None
+    meta: list[Any] = []
     store.replaying = True
     try:
         for offset, kind, start, end in index.entries:
@@ -131,11 +132,13 @@ def replay_log(path: str, store: Store, replies: ReplyCache) -> tuple[int, int, 
                     replies.restore(*value)
                 elif record_kind is RecordKind.CLOCKS:
                     clocks = value
+                elif record_kind is RecordKind.META:
+                    meta.append(value)
                 else:
                     leases = value
                 continue
             if tables is not None:
-                store.load(tables, leases, clocks)
+                store.load(tables, leases, clocks, meta)
                 tables = None
             _kind, client, req_id, ack, when, op = COMMAND_HEADER.unpack_from(data, start)
             spec = BY_ID.get(op)
@@ -161,7 +164,7 @@ def replay_log(path: str, store: Store, replies: ReplyCache) -> tuple[int, int, 
             if failed and op == _BATCH:
                 logger.warning("%s: the atomic batch at offset %d failed when replayed", path, offset)
         if tables is not None:
-            store.load(tables, leases, clocks)
+            store.load(tables, leases, clocks, meta)
         for client, ack in last_ack.items():
             replies.restore(client, ack, 0, [])
     finally:
@@ -244,7 +247,7 @@ class AppendLog:
 
     def _base(self) -> list[bytes]:
         return [LOG_HEADER, *base_records(self._store.dump(), list(self._replies.clients()),
-                                          self._store.leases(), self._store.clocks())]
+                                          self._store.leases(), self._store.clocks(), self._store.meta())]
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start logging from inside ``loop`` (the store's writes are heard from now on)."""

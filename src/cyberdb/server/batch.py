@@ -29,6 +29,7 @@ from ..codec import encode_array, encode_value
 from ..commands import BY_ID, CommandSpec
 from ..errors import BatchAbortedError, TransactionConflictError, error_code
 from ..protocol import MAX_FRAME
+from .meta import TableMeta
 from .store import STATUS_OK, Encoded, Store, decode_error, encode_error
 
 __all__ = ["DIGEST_SIZE", "MAX_STEPS", "Journal", "digest", "run_pipeline", "run_steps"]
@@ -39,7 +40,8 @@ _MAX_PIPELINE_REPLY = MAX_FRAME - (1 << 20)
 _TOO_LARGE = ValueError("this call's reply does not fit in its pipeline's reply frame")
 DIGEST_SIZE = 16
 _MISSING: Any = object()
-_KEYED_DICT_WRITES = frozenset({"setitem", "incr", "setdefault"})
+_KEYED_DICT_WRITES = frozenset({"setitem", "incr", "setdefault", "set", "expire", "persist"})
+_DEADLINE_WRITES = frozenset({"set", "expire", "persist"})  # may give a table its first deadline
 _OK_PAIR = b"\x92" + encode_value(STATUS_OK)  # the start of [STATUS_OK, result]
 
 
@@ -156,12 +158,17 @@ class Journal:
             return
         if name in self._copied:
             return
-        if type(table) is dict and spec.suffix in _KEYED_DICT_WRITES and len(args) > 1:
+        meta = self._store.meta_of(name, create=spec.suffix in _DEADLINE_WRITES)
+        if type(table) is dict and spec.suffix in _KEYED_DICT_WRITES and len(args) > 1 and (
+                meta is None or not meta.maxsize):
             key = args[1]
             try:
                 old = table.get(key, _MISSING)
             except TypeError:  # unhashable: the command fails without a change
                 return
+            if meta is not None:  # the key's deadline comes back with its value (expired or not)
+                deadline = meta.expires.get(key)
+                self._undo.append(lambda: _restore_deadline(meta, key, deadline))
             if old is _MISSING:
                 self._undo.append(lambda: table.pop(key, None))
             else:
@@ -176,6 +183,10 @@ class Journal:
         if name not in self._copied:
             saved = table.copy()
             self._undo.append(lambda: _restore(table, saved))
+            meta = self._store.meta_of(name)
+            if meta is not None:  # deadlines and the order of use come back with the content
+                saved_meta = meta.copy()
+                self._undo.append(lambda: meta.restore(saved_meta))
             self._copied.add(name)
 
     def _save_entry(self, table: dict[Any, Any] | list[Any], key: Any) -> None:
@@ -194,6 +205,13 @@ class Journal:
         for name, version in self._versions.items():
             self._store.set_version(name, version)
         self._store.set_clock(self._clock)
+
+
+def _restore_deadline(meta: TableMeta, key: Any, deadline: float | None) -> None:
+    if deadline is None:
+        meta.clear_deadline(key)
+    else:
+        meta.set_deadline(key, deadline)
 
 
 def _restore(target: dict[Any, Any] | list[Any], saved: Any) -> None:

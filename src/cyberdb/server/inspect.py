@@ -361,6 +361,11 @@ class FileReport:
             clock, token, versions = value
             return {"record": "clocks", "clock": clock, "last_token": token,
                     "versions": [{"table": name, "version": version} for name, version in versions]}
+        if kind is RecordKind.META:
+            name, options, deadlines, order = value
+            return {"record": "meta", "table": name, "options": options,
+                    "expires": [{"key": key, "deadline": _iso(deadline)} for key, deadline in deadlines],
+                    "order": order}
         return _leases_row(value)
 
 
@@ -381,7 +386,7 @@ def inspect_file(path: str) -> FileReport:
     store = Store()
     if not data.startswith(LOG_MAGIC) and not LOG_HEADER.startswith(data):
         state = decode_state(data, path)
-        store.load(state.tables, state.leases, state.clocks)
+        store.load(state.tables, state.leases, state.clocks, state.meta)
         return FileReport(path, "snapshot", int.from_bytes(data[8:10], "big"), len(data), state,
                           len(store.leases()))
     scan = scan_log(data, path)

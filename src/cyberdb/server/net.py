@@ -3,26 +3,37 @@
 Network code never touches tables itself: it decodes a request, hands it to ``Store.execute`` (which runs to
 completion without awaiting), and encodes the result.  A connection that breaks the protocol, fails to
 authenticate, or stays in the handshake too long is closed; nothing it sent is executed.
+
+Publish/subscribe lives here, as it is about connections: ``db.subscribe``/``db.unsubscribe`` add and remove a
+connection in ``Store.channels``; ``db.publish`` runs in the store, which queues the message in ``Store.outbox``,
+and ``_process`` pushes it to each subscriber right after the command (no waiting: a subscriber whose unsent
+output passes ``Limits.max_subscriber_buffer`` is closed, as Redis's client-output-buffer-limit does).  A
+connection with channels may only send db.subscribe, db.unsubscribe and db.ping, and is not idle while it waits.
+
+Blocking pops (``list.bpop`` with a timeout) wait here too, as a parked request of their connection (see
+``Waiter``): the store only says ``WouldBlock``; no thread, no polling, and nothing runs until a write fills the list.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from .. import protocol
-from ..codec import MAX_DEPTH, decode_value, depth_exceeds
-from ..commands import BY_ID
+from ..codec import MAX_DEPTH, decode_value, depth_exceeds, encode_value
+from ..commands import BY_ID, BY_NAME, CommandSpec
 from ..errors import AuthenticationError, MemoryLimitError, PersistenceError, ProtocolError, error_code
 from ..protocol import ANONYMOUS
 from .aof import AppendLog
 from .dedup import PRUNE_AT, ClientRecord, ReplyCache, stale
-from .store import Store, encode_error
+from .store import MAX_NAME_LENGTH, STATUS_OK, Store, WouldBlock, encode_error
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +44,13 @@ FRAME_GRACE = 2.0  # seconds a frame may take before its rate is checked (a slow
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
 # writes that only free memory: still accepted over max_memory (Redis's noeviction lets DEL through too)
-SHRINKING = frozenset({"delitem", "pop", "popitem", "clear", "remove", "delslice", "delete", "release"})
+SHRINKING = frozenset({"delitem", "pop", "popitem", "clear", "remove", "delslice", "delete", "release", "bpop",
+                       "expire", "persist"})
 _NEVER_BANNED = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+_SUBSCRIBE, _UNSUBSCRIBE = BY_NAME["db.subscribe"].op, BY_NAME["db.unsubscribe"].op
+_PUBSUB = frozenset({_SUBSCRIBE, _UNSUBSCRIBE})
+_IN_SUBSCRIBE_MODE = frozenset({_SUBSCRIBE, _UNSUBSCRIBE, BY_NAME["db.ping"].op})  # Redis allows these too
+_BPOP = BY_NAME["list.bpop"].op  # a pop that may wait for an item (see Waiter)
 
 
 def parse_networks(entries: Iterable[str]) -> list[IPNetwork]:
@@ -80,6 +96,7 @@ class Limits:
     handshake_timeout: float = 10.0
     min_frame_rate: int = 32 << 10  # bytes/s a frame must arrive at once started (after FRAME_GRACE seconds)
     max_partial_bytes: int = 512 << 20  # bytes of unfinished frames held for all connections together
+    max_subscriber_buffer: int = 32 << 20  # bytes of unsent messages a subscriber may have before it is closed
 
 
 class LogSummary:
@@ -172,6 +189,40 @@ class ServerContext:
     slow_after: float = 0.01  # seconds: commands slower than this go to the slow log
     max_memory: int = 0  # bytes of resident memory above which writes are refused (0 = no limit)
     over_memory: bool = False  # sampled by the server every 100 ms
+    # blocked pops (see Waiter): per list, first come first served; and by (client id, request id)
+    waiters: dict[str, collections.deque[Waiter]] = field(default_factory=dict)
+    parked: dict[tuple[bytes, int], Waiter] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Waiter:
+    """A blocking pop (``list.bpop`` with a timeout, on an empty list), parked until it can run.
+
+    The store raises ``WouldBlock`` instead of running it; its connection then runs nothing else (later requests
+    wait in its buffer, so replies keep their order).  A write that leaves the list non-empty puts it in
+    ``Store.ready``; ``serve_ready`` (after every request) runs the first waiters again, on their own connections
+    and through the normal write path (reply cache, append-only log, held replies), while the list has items.
+    Its timer answers ``IndexError`` without running anything (nothing changed: nothing is logged or cached,
+    and a re-send may wait again).  A re-send of a parked request on another connection (same client and
+    request id: the client reconnected) takes its place in the queue, and the old connection is closed.
+    """
+
+    conn: ServerConnection
+    name: str
+    request: tuple[int, int, bytes, int]  # request id, op, payload, ack
+    timer: asyncio.TimerHandle | None = None
+
+
+def serve_ready(ctx: ServerContext) -> None:
+    """Run the blocked pops of the lists that got a write (``Store.ready``), in order, while they have items."""
+    store = ctx.store
+    ready, waiters = store.ready, ctx.waiters
+    while ready:  # serving a pop(into=) may make another list ready
+        name = ready.pop()
+        queue = waiters.get(name)
+        while queue and store.get(name):
+            waiter = queue[0]
+            waiter.conn._wake(waiter)
 
 
 class ServerConnection(asyncio.Protocol):
@@ -200,6 +251,8 @@ class ServerConnection(asyncio.Protocol):
         self._partial = 0  # bytes of an unfinished frame, counted in ctx.partial_bytes
         self._frame_started = 0.0  # when the unfinished frame began (0: none)
         self._frame_bytes = 0  # its bytes then
+        self._channels: set[str] = set()  # subscribed to (pub/sub); not empty = subscribe mode
+        self._parked: Waiter | None = None  # a blocked pop waiting for an item: nothing else runs meanwhile
         self.requests = 0
 
     def __repr__(self) -> str:
@@ -241,6 +294,10 @@ class ServerConnection(asyncio.Protocol):
         logger.info("connection from %s (%d open)", self._peer, len(ctx.connections))
 
     def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
+        if self._parked is not None:  # a later append must not go to a closed connection
+            self._unpark(self._parked)
+        if self._channels:
+            self._leave(list(self._channels))
         self._release_partial()
         self._leave_handshake()
         if self._counted:
@@ -301,7 +358,7 @@ class ServerConnection(asyncio.Protocol):
         if started != self._frame_started or self._transport is None or self._transport.is_closing():
             return  # that frame is complete (another may have begun: it has its own check)
         loop, now = asyncio.get_running_loop(), time.monotonic()
-        if self._paused or self._held_paused:  # we stopped reading, not the peer sending: measure afresh
+        if self._paused or self._held_paused or self._parked:  # we stopped, not the peer: measure afresh
             self._frame_started, self._frame_bytes = now, self._partial
             loop.call_later(FRAME_GRACE, self._check_rate, now)
             return
@@ -325,7 +382,7 @@ class ServerConnection(asyncio.Protocol):
     def _process(self) -> None:
         """Execute the complete requests received so far (until writing is paused) and write the replies."""
         session, transport = self._session, self._transport
-        if session is None or transport is None or self._paused or self._held_paused:
+        if session is None or transport is None or self._paused or self._held_paused or self._parked:
             return
         replies: list[bytes] = []
         pending = 0
@@ -341,10 +398,15 @@ class ServerConnection(asyncio.Protocol):
                 self._authenticated()
             else:
                 request = session.next_request()
-            slow, clock = self._ctx.slow_after, time.perf_counter
+            slow, clock, outbox = self._ctx.slow_after, time.perf_counter, self._store.outbox
+            ready = self._store.ready
             while request is not None:
                 started = clock()
-                reply = self._execute(session, *request)
+                reply = self._execute(session, *request) if request[1] != _BPOP else self._blocking(session, *request)
+                if ready:  # a write to a list with blocked pops
+                    serve_ready(self._ctx)
+                if outbox:  # a publish: deliver in this loop turn, in publish order
+                    self._deliver(outbox)
                 took = clock() - started
                 if took > slow:
                     self._record_slow(request[1], request[2], took)
@@ -354,7 +416,7 @@ class ServerConnection(asyncio.Protocol):
                     self._send(b"".join(replies))
                     replies.clear()
                     pending = 0
-                if self._paused or self._held_paused:
+                if self._paused or self._held_paused or self._parked:
                     break
                 request = session.next_request()
             if replies:
@@ -443,6 +505,173 @@ class ServerConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
+    # ---- publish/subscribe --------------------------------------------------------------------------------------
+
+    def _pubsub(self, spec: CommandSpec, args: list[Any]) -> tuple[int, bytes] | None:
+        """Run db.subscribe/db.unsubscribe, refuse what subscribe mode does not allow; None: run it as usual."""
+        op = spec.op
+        if op not in _PUBSUB:
+            if op in _IN_SUBSCRIBE_MODE:
+                return None
+            not_allowed = TypeError(f"{spec.name} is not allowed on a connection in subscribe mode (only "
+                                    "db.subscribe, db.unsubscribe and db.ping are; use another connection)")
+            return error_code(not_allowed), encode_error(not_allowed, spec.name)
+        channels = args[0] if len(args) == 1 else None
+        if type(channels) is not list or not all(type(c) is str and 0 < len(c) <= MAX_NAME_LENGTH for c in channels):
+            bad = TypeError(f"{spec.name} takes a list of channels, each a non-empty str of at most "
+                            f"{MAX_NAME_LENGTH} characters")
+            return error_code(bad), encode_error(bad, spec.name)
+        if op == _SUBSCRIBE:
+            registry = self._store.channels
+            for channel in channels:
+                registry.setdefault(channel, set()).add(self)
+                self._channels.add(channel)
+        else:
+            self._leave(channels or list(self._channels))
+        return STATUS_OK, encode_value(sorted(self._channels))
+
+    def _leave(self, channels: list[str]) -> None:
+        """Unsubscribe from ``channels``."""
+        registry = self._store.channels
+        for channel in channels:
+            self._channels.discard(channel)
+            subscribers = registry.get(channel)
+            if subscribers is not None:
+                subscribers.discard(self)
+                if not subscribers:
+                    del registry[channel]
+
+    def _deliver(self, outbox: list[tuple[str, bytes]]) -> None:
+        """Push the messages published by the command that just ran to their subscribers, and empty ``outbox``."""
+        registry, limit = self._store.channels, self._ctx.limits.max_subscriber_buffer
+        for channel, message in outbox:
+            subscribers = registry.get(channel)
+            if subscribers:
+                plain = protocol.push_frame(message)  # the same bytes for every unencrypted subscriber
+                for conn in tuple(subscribers):  # (a slow one leaves the set on the way)
+                    conn.push(message, plain, limit)
+        outbox.clear()
+
+    def push(self, message: bytes, plain: bytes, limit: int) -> None:
+        """Send one published message (``[channel, value]`` encoded; ``plain``: its unencrypted frame).
+
+        Never waits: a subscriber with more than ``limit`` bytes unsent is closed instead.
+        """
+        transport, session = self._transport, self._session
+        if transport is None or session is None or not session.ready or transport.is_closing():
+            return
+        frame = session.push(message, plain)
+        log = self._ctx.log
+        if self._held and log is not None:  # replies sealed before it wait for the log: keep the order
+            self._held += 1
+            self._held_bytes += len(frame)
+            log.hold(self, frame)
+        else:
+            transport.write(frame)
+        if transport.get_write_buffer_size() + self._held_bytes > limit:
+            logger.warning("closing subscriber %s: over %d bytes of messages it does not read "
+                           "(max_subscriber_buffer)", self._peer, limit)
+            self._leave(list(self._channels))
+            transport.abort()
+
+    # ---- blocking pops (see Waiter) ------------------------------------------------------------------------------
+
+    def _blocking(self, session: protocol.ServerSession, req_id: int, op: int, payload: bytes, ack: int) -> bytes:
+        """Execute a list.bpop that may wait: if its list is empty, park it and return b"" (no reply yet)."""
+        store = self._store
+        store.may_block = True  # only here: never in a batch step, a pipeline or a log replay
+        try:
+            return self._execute(session, req_id, op, payload, ack)
+        except WouldBlock as block:
+            self._park(block.args[0], block.args[1], (req_id, op, payload, ack))
+            return b""
+        finally:
+            store.may_block = False
+
+    def _park(self, name: str, timeout: float, request: tuple[int, int, bytes, int]) -> None:
+        ctx = self._ctx
+        waiter = Waiter(self, name, request)
+        key = (self._client_id, request[0])
+        old = ctx.parked.get(key) if self._client_id != ANONYMOUS else None
+        queue = ctx.waiters.get(name)
+        if queue is None:
+            queue = ctx.waiters[name] = collections.deque()
+            self._store.watched.add(name)
+        if old is not None and old.name == name:  # re-sent by its client after a reconnect: it keeps its turn
+            queue[queue.index(old)] = waiter
+            old.name = ""  # (so that _unpark leaves the queue alone)
+        else:
+            queue.append(waiter)
+        if old is not None:
+            old.conn._unpark(old)
+            logger.info("closing %s: its blocked pop was re-sent on another connection", old.conn._peer)
+            old.conn.abort()
+        if self._client_id != ANONYMOUS:
+            ctx.parked[key] = waiter
+        if timeout != math.inf:
+            waiter.timer = asyncio.get_running_loop().call_later(timeout, self._expire, waiter)
+        self._parked = waiter
+
+    def _unpark(self, waiter: Waiter) -> None:
+        """Take ``waiter`` out of its list's queue, the parked requests and its timer."""
+        ctx = self._ctx
+        if self._parked is waiter:
+            self._parked = None
+        if waiter.timer is not None:
+            waiter.timer.cancel()
+        key = (self._client_id, waiter.request[0])
+        if ctx.parked.get(key) is waiter:
+            del ctx.parked[key]
+        queue = ctx.waiters.get(waiter.name)
+        if queue is not None:
+            if queue[0] is waiter:
+                queue.popleft()
+            else:
+                queue.remove(waiter)
+            if not queue:
+                del ctx.waiters[waiter.name]
+                self._store.watched.discard(waiter.name)
+
+    def _wake(self, waiter: Waiter) -> None:
+        """Run the parked pop now that its list has an item, as if it had just arrived; then go on reading."""
+        self._unpark(waiter)
+        session, transport = self._session, self._transport
+        if session is None or transport is None or transport.is_closing():
+            return  # closing: the item goes to the next waiter instead of a reply nobody reads
+        self._last_active = time.monotonic()  # (the idle timeout counts from the reply, not from the request)
+        self.requests -= 1  # counted when it first arrived
+        self._wrote = False
+        # may_block is False: the pop runs (its list has an item) or fails, answered from the reply cache if it ran
+        try:
+            reply = self._execute(session, *waiter.request)
+        except Exception:  # it was accepted once, so this is a bug: it must not reach the writer's connection
+            logger.exception("closing %s: its blocked pop failed when it was woken", self._peer)
+            transport.abort()
+            return
+        self._send(reply)
+        asyncio.get_running_loop().call_soon(self._resume)  # its next requests (not inside serve_ready)
+
+    def _expire(self, waiter: Waiter) -> None:
+        """The timeout of a parked pop ended: answer IndexError, as list.pop does (nothing ran: not cached)."""
+        waiter.timer = None
+        if self._parked is not waiter:
+            return
+        self._unpark(waiter)
+        session = self._session
+        if session is None:
+            return
+        exc = IndexError("pop from empty list")
+        self._last_active = time.monotonic()
+        self._wrote = False
+        self._send(session.reply(waiter.request[0], error_code(exc), encode_error(exc, "list.bpop")))
+        self._resume()
+
+    def _resume(self) -> None:
+        """Run the requests that arrived while a pop waited (they were counted as an unfinished frame)."""
+        self._process()
+        if self._partial and self._session is not None:
+            self._track_partial()
+
     # ---- internals ----------------------------------------------------------------------------------------------
 
     def _refuse(self, reason: str) -> None:
@@ -493,11 +722,14 @@ class ServerConnection(asyncio.Protocol):
             transport.close()
             return
         idle = time.monotonic() - self._last_active
-        if idle >= self._ctx.timeout:
+        # a subscriber waiting for messages, or a blocked pop waiting for an item, is not idle
+        if idle >= self._ctx.timeout and not self._channels and self._parked is None:
             logger.info("closing %s: idle for %.0f s", self._peer, idle)
             transport.close()
         else:  # one timer per connection, re-armed lazily instead of on every request
-            self._timer = asyncio.get_running_loop().call_later(self._ctx.timeout - idle, self._check_timeout)
+            left = self._ctx.timeout - idle  # (<= 0 when not idle but waiting: check again a timeout later)
+            self._timer = asyncio.get_running_loop().call_later(left if left > 0 else self._ctx.timeout,
+                                                                self._check_timeout)
 
     def _execute(self, session: protocol.ServerSession, req_id: int, op: int, payload: bytes, ack: int) -> bytes:
         self.requests += 1
@@ -513,7 +745,12 @@ class ServerConnection(asyncio.Protocol):
             return session.reply(req_id, error_code(exc), encode_error(exc, spec.name))
         if self._log:
             logger.debug("%s %s %r", self._peer, spec.name, args[:1])
-        if self._ctx.over_memory and not spec.readonly and spec.suffix not in SHRINKING:
+        if op in _PUBSUB or self._channels:
+            pubsub = self._pubsub(spec, args)
+            if pubsub is not None:
+                return session.reply(req_id, *pubsub)
+        # (a publish stores nothing: it goes on over max_memory, as Redis's PUBLISH does)
+        if self._ctx.over_memory and not spec.readonly and spec.suffix not in SHRINKING and spec.logged:
             full = MemoryLimitError(f"{spec.name} refused: the server uses more than max_memory="
                                     f"{self._ctx.max_memory} bytes (reads and deletions go on)")
             return session.reply(req_id, error_code(full), encode_error(full, spec.name))
@@ -521,7 +758,7 @@ class ServerConnection(asyncio.Protocol):
             return session.reply(req_id, *self._store.outcome(spec, args))
         log, client = self._ctx.log, self._client
         if client is None:
-            if log is not None and log.refuses(spec, args):
+            if log is not None and log.refuses(spec, args) and spec.logged:
                 return session.reply(req_id, *refused(log))
             self._wrote = True  # its reply waits until the log has the write (see _send)
             origin = (ANONYMOUS, req_id, ack, payload) if log is not None else None
@@ -534,7 +771,7 @@ class ServerConnection(asyncio.Protocol):
         if reply is None:
             if req_id < client.ack or req_id <= client.floor:
                 return session.reply(req_id, *stale(req_id))
-            if log is not None and log.refuses(spec, args):  # not run, hence not cached: a re-send may run it
+            if log is not None and log.refuses(spec, args) and spec.logged:  # not run, not cached: a re-send may run
                 return session.reply(req_id, *refused(log))
             origin = (self._client_id, req_id, ack, payload) if log is not None else None
             reply = replies[req_id] = self._store.outcome(spec, args, True, origin)

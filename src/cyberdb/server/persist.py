@@ -44,12 +44,13 @@ import struct
 import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..codec import decode_value, encode_array, encode_value
 from ..errors import PersistenceError, ProtocolError
-from .store import KIND_TYPES, MAX_NAME_LENGTH, Clocks, Lease
+from .meta import check_options
+from .store import KIND_TYPES, MAX_NAME_LENGTH, Clocks, Lease, MetaRecord
 
 __all__ = ["COMMAND_HEADER", "LOG_HEADER", "Command", "LogIndex", "LogScan", "RecordKind", "State", "base_records",
            "command_record", "decode_snapshot", "decode_state", "encode_snapshot", "frame_record", "index_log",
@@ -69,16 +70,18 @@ class State:
     clients: list[Any]
     leases: list[Lease]
     clocks: Clocks | None = None
+    meta: list[MetaRecord] = field(default_factory=list)
 
 
 def encode_snapshot(tables: dict[str, Any], clients: Iterable[tuple[bytes, int, int, list[Any]]] = (),
-                    leases: list[Lease] | None = None, clocks: Clocks | None = None) -> bytes:
+                    leases: list[Lease] | None = None, clocks: Clocks | None = None,
+                    meta: list[MetaRecord] | None = None) -> bytes:
     """Serialize all tables (and the reply cache, leases and clocks) into the bytes of a snapshot file.
 
     Raises:
         PersistenceError: a value cannot be encoded (the server's checks should make this impossible).
     """
-    records = list(base_records(tables, clients, leases or [], clocks))
+    records = list(base_records(tables, clients, leases or [], clocks, meta or []))
     records.append(frame_record(bytes((RecordKind.END,)) + encode_value(len(records))))
     return _HEADER_V2.pack(MAGIC, FORMAT_VERSION, 0) + b"".join(records)
 
@@ -138,6 +141,8 @@ def _decode_v2(data: bytes, source: str) -> State:
             state.leases = parse_base(kind, bytes(body), where)
         elif kind is RecordKind.CLOCKS:
             state.clocks = parse_base(kind, bytes(body), where)
+        elif kind is RecordKind.META:
+            state.meta.append(parse_base(kind, bytes(body), where))
         else:
             raise PersistenceError(f"{where}: a {kind.name} record does not belong in a snapshot")
     offset, _kind, body = scan.records[-1]
@@ -275,6 +280,7 @@ class RecordKind(enum.IntEnum):
     LEASES = 4
     END = 5  # a snapshot's last record: the number of records before it
     CLOCKS = 6  # [version clock, last fencing token, [[table, version], ...]]
+    META = 7  # [table, options, [[key, deadline], ...], keys in order of use or None]: one per bounded/expiring table
 
 
 _COMMAND_KIND = int(RecordKind.COMMAND)
@@ -324,7 +330,8 @@ def parse_command(body: bytes) -> Command:
 
 
 def base_records(tables: dict[str, Any], clients: Iterable[tuple[bytes, int, int, list[Any]]],
-                 leases: list[Lease], clocks: Clocks | None = None) -> Iterator[bytes]:
+                 leases: list[Lease], clocks: Clocks | None = None,
+                 meta: list[MetaRecord] | None = None) -> Iterator[bytes]:
     """The records of a log's base: every table, every client's cached replies, the lock leases, the clocks.
 
     Raises:
@@ -340,6 +347,12 @@ def base_records(tables: dict[str, Any], clients: Iterable[tuple[bytes, int, int
     if clocks is not None:
         clock, token, versions = clocks
         yield frame_record(bytes((RecordKind.CLOCKS,)) + encode_value([clock, token, [list(v) for v in versions]]))
+    meta_kind = bytes((RecordKind.META,))
+    for record in meta or ():
+        try:
+            yield frame_record(meta_kind + encode_value(record))
+        except TypeError as exc:
+            raise PersistenceError(f"the expiry data of table {record[0]!r} cannot be saved: {exc}") from None
 
 
 def parse_base(kind: RecordKind, body: bytes, source: str) -> Any:
@@ -360,6 +373,20 @@ def parse_base(kind: RecordKind, body: bytes, source: str) -> Any:
                 or not all(type(r) is list and len(r) == 3 and type(r[0]) is int and type(r[1]) is int
                            and type(r[2]) is bytes for r in value[3])):
             raise PersistenceError(f"{source}: a malformed CLIENT record")
+        return value
+    if kind is RecordKind.META:
+        if (type(value) is not list or len(value) != 4 or type(value[0]) is not str or type(value[1]) is not dict
+                or type(value[2]) is not list or value[3] is not None and type(value[3]) is not list
+                or not all(type(d) is list and len(d) == 2 and type(d[1]) is float for d in value[2])):
+            raise PersistenceError(f"{source}: a malformed META record")
+        try:
+            check_options("dict" if "maxsize" in value[1] else "list", value[1])
+            for d in value[2]:
+                hash(d[0])
+            for key in value[3] or ():
+                hash(key)
+        except (TypeError, ValueError) as exc:
+            raise PersistenceError(f"{source}: a malformed META record: {exc}") from None
         return value
     if kind is RecordKind.CLOCKS:
         if (type(value) is not list or len(value) != 3 or type(value[0]) is not int or type(value[1]) is not int
