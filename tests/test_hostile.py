@@ -22,7 +22,7 @@ from conftest import PASSWORD, ServerProcess
 
 import cyberdb
 from cyberdb import cli, protocol
-from cyberdb.server import net
+from cyberdb.server import admission
 
 ATTACKER = "127.0.0.2"
 MAX_CON = 20
@@ -177,13 +177,13 @@ def guess(port: int, password: str, source: str = ATTACKER) -> str:
 
 def test_password_guessing_is_slowed_then_banned_and_logged_in_summary(
         in_process, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(net.Guard, "MAX_DELAY", 0.05)  # the growing delay, shortened for the test
+    monkeypatch.setattr(admission.Guard, "MAX_DELAY", 0.05)  # the growing delay, shortened for the test
     caplog.set_level(logging.INFO, logger="cyberdb")
     db = in_process()
     answers = [guess(db.port, "wrong") for _ in range(15)]
-    assert all("authentication failed" in a for a in answers[:net.Guard.BAN_AFTER]), answers
+    assert all("authentication failed" in a for a in answers[:admission.Guard.BAN_AFTER]), answers
     # past the threshold the address is refused before any handshake: no more guesses get checked
-    assert all("too many failed authentications" in a for a in answers[net.Guard.BAN_AFTER:]), answers
+    assert all("too many failed authentications" in a for a in answers[admission.Guard.BAN_AFTER:]), answers
     assert guess(db.port, PASSWORD, source="127.0.0.1") == "ok"  # others are not locked out
     lines = [r for r in caplog.records if ATTACKER in r.getMessage() and "failed authentication" in r.getMessage()]
     assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]  # one line per address per minute, not 15

@@ -42,12 +42,13 @@ from .errors import (
     TransactionConflictError,
     WrongTableTypeError,
 )
+from .executor import Executor
 from .lock import Lock
 from .pipeline import Pending, Pipeline
 from .pubsub import Subscription
 from .retry import Retry
 from .server import Server
-from .tables import CyberDict, CyberList, CyberRef, Executor
+from .tables import CyberDict, CyberList, CyberRef
 from .transaction import Transaction
 
 __version__ = "1.0.0.dev0"

@@ -41,11 +41,12 @@ from .errors import (
     TimeoutError,
     WrongTableTypeError,
 )
+from .executor import SPEC_REPLY, SyncExecutor
 from .lock import Lock
 from .pipeline import Pipeline
 from .pubsub import Subscription
 from .retry import Retry
-from .tables import SPEC_REPLY, CyberDict, CyberList, SyncExecutor
+from .tables import CyberDict, CyberList
 from .transaction import Transaction, transact
 
 __all__ = ["Client", "Connection", "ConnectionPool", "Proxy", "connect"]

@@ -27,7 +27,8 @@ from . import protocol
 from .codec import decode_value, encode_array, encode_value
 from .commands import BY_NAME, CommandSpec
 from .errors import BatchAbortedError, error_from_code
-from .tables import SPEC_REPLY, CyberDict, CyberList, Steps
+from .executor import SPEC_REPLY, Steps
+from .tables import CyberDict, CyberList
 
 if TYPE_CHECKING:
     from .client import Proxy

@@ -18,7 +18,7 @@ executor's ``run(steps)`` drives one to its return value and ``stream(steps)`` y
 comes (a pipeline refuses both: it has no reply until it runs).  An asyncio executor drives the same
 generators.  What needs its reply at once in a single request (``len()``, ``in``, comparisons, ``repr``) uses
 ``call_now``, which a pipeline refuses too.  Any object with ``call``, ``call_now``, ``run`` and ``stream`` is
-an executor (see :class:`Executor`).
+an executor (see :class:`cyberdb.executor.Executor`).
 
 A table belongs to the executor that made it: after ``proxy.close()`` it raises
 :class:`~cyberdb.errors.DisconnectedError`, after ``proxy.connect()`` it works again.  Copies and views
@@ -29,88 +29,24 @@ in one command, not live views.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Generator, Iterable, Iterator, MutableMapping, MutableSequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, MutableSequence
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .commands import AT_PATH, BY_NAME, CommandSpec
 from .errors import ConcurrentModificationError
+from .executor import SPEC_REPLY, Executor, Step, Steps
 
 if TYPE_CHECKING:
     from collections.abc import ItemsView, KeysView, ValuesView
 
-__all__ = ["SPEC_REPLY", "CyberDict", "CyberList", "CyberRef", "DictOps", "Executor", "ListOps", "Step",
-           "SyncExecutor", "drive", "stream"]
+__all__ = ["CyberDict", "CyberList", "CyberRef", "DictOps", "ListOps"]
 
 ITER_CHUNK = 1000  # items per round trip when iterating a CyberList
 SORT_ATTEMPTS = 10  # sort(key=...) retries when the list changes between its read and its write-back
 _MISSING: Any = object()
-SPEC_REPLY: Any = object()  # "shape the reply with spec.reply" (the default of Executor.call)
 C = BY_NAME
-T = TypeVar("T")
 _D = TypeVar("_D", bound="DictOps")
 _L = TypeVar("_L", bound="ListOps")
-Step = tuple[CommandSpec, list[Any]]  # one request of a multi-step operation; its reply is shaped by spec.reply
-Steps = Generator[Step, Any, T]
-
-
-class Executor(Protocol):
-    """What tables need from whatever runs their requests (see the module docstring)."""
-
-    def call(self, spec: CommandSpec, args: list[Any], shape: Any = SPEC_REPLY) -> Any:
-        """Run (or queue) one request ``args = [table, *arguments]``; return its shaped reply (or a handle)."""
-
-    def call_now(self, spec: CommandSpec, args: list[Any], shape: Any = SPEC_REPLY) -> Any:
-        """Like ``call``, for a reply needed at once (``len()``, ``in``, ``repr``): a pipeline refuses it."""
-
-    def run(self, steps: Steps[T]) -> T:
-        """Drive a multi-step operation to its return value."""
-
-    def stream(self, steps: Steps[Any]) -> Iterator[Any]:
-        """Drive a multi-step operation, yielding each reply as it comes."""
-
-
-def drive(call: Callable[[CommandSpec, list[Any]], Any], steps: Steps[T]) -> T:
-    """Run ``steps`` with ``call`` (a synchronous executor's ``call``) and return what the generator returns."""
-    try:
-        step = next(steps)
-        while True:
-            step = steps.send(call(*step))
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-
-
-def stream(call: Callable[[CommandSpec, list[Any]], Any], steps: Steps[Any]) -> Iterator[Any]:
-    """Run ``steps`` with ``call``, yielding each reply."""
-    try:
-        step = next(steps)
-        while True:
-            reply = call(*step)
-            yield reply
-            step = steps.send(reply)
-    except StopIteration:
-        return
-
-
-class SyncExecutor:
-    """``run`` and ``stream`` for an executor whose ``call`` returns the reply at once (Proxy, Transaction)."""
-
-    __slots__ = ()
-
-    def call(self, spec: CommandSpec, args: list[Any], shape: Any = SPEC_REPLY) -> Any:  # pragma: no cover
-        """Run one request now and return its shaped reply."""
-        raise NotImplementedError
-
-    def call_now(self, spec: CommandSpec, args: list[Any], shape: Any = SPEC_REPLY) -> Any:
-        """The same as ``call`` (whose reply is always there at once)."""
-        return self.call(spec, args, shape)
-
-    def run(self, steps: Steps[T]) -> T:
-        """Drive a multi-step operation, each request run at once."""
-        return drive(self.call, steps)
-
-    def stream(self, steps: Steps[Any]) -> Iterator[Any]:
-        """Drive a multi-step operation, yielding each reply."""
-        return stream(self.call, steps)
 
 
 def _keys_view(keys: list[Any]) -> KeysView[Any]:

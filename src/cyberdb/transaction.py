@@ -33,7 +33,8 @@ from . import protocol
 from .codec import encode_value
 from .commands import BY_ID, BY_NAME, CommandSpec
 from .errors import BatchAbortedError, TransactionConflictError, error_from_code
-from .tables import SPEC_REPLY, CyberDict, CyberList, SyncExecutor
+from .executor import SPEC_REPLY, SyncExecutor
+from .tables import CyberDict, CyberList
 
 if TYPE_CHECKING:
     from .client import Proxy

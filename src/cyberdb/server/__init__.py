@@ -25,10 +25,11 @@ from typing import Any, TypeVar
 
 from .. import crypto
 from ..errors import PersistenceError
+from .admission import Limits, parse_networks
 from .aof import AppendLog, Fsync, LogConfig
 from .background import run_in_child
 from .dedup import ReplyCache
-from .net import Limits, ServerConnection, ServerContext, parse_networks
+from .net import ServerConnection, ServerContext
 from .persist import encode_snapshot, read_state, write_atomic
 from .store import Store
 
