@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging as _logging
 
-from .client import Client, Connection, ConnectionPool, Proxy, connect
+from .client import Client, Connection, ConnectionPool, Proxy, connect, from_url
 from .errors import (
     AuthenticationError,
     BatchAbortedError,
@@ -62,6 +62,7 @@ __all__ = [
     "BatchAbortedError",
     "CyberRef",
     "Executor",
+    "from_url",
     "Lock",
     "LockLostError",
     "LockTimeoutError",

@@ -48,8 +48,9 @@ from .pubsub import Subscription
 from .retry import Retry
 from .tables import CyberDict, CyberList
 from .transaction import Transaction, transact
+from .url import parse_url
 
-__all__ = ["Client", "Connection", "ConnectionPool", "Proxy", "connect"]
+__all__ = ["Client", "Connection", "ConnectionPool", "Proxy", "connect", "from_url"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -197,6 +198,21 @@ def connect(host: str = "127.0.0.1", port: int = 9980, password: str | None = No
     client = Client(host, port, password, encrypt, time_out, **options)
     client.pool.release(client.pool.get())
     return client
+
+
+def from_url(url: str, **options: Any) -> Client:
+    """A client configured by a connection URL, e.g. ``cyberdb://:secret@db.internal:9980/?encrypt=1``.
+
+    Like ``redis.from_url`` (and unlike ``connect``) this opens no connection: settings errors surface at the first
+    call, so an app can be imported while its server is down.  The URL's form and options are described in
+    :mod:`cyberdb.url`; keyword ``options`` override the URL's (any argument of :class:`Client`).
+
+    Raises:
+        ValueError: a malformed URL or an unknown option.
+    """
+    settings = parse_url(url)
+    settings.update(options)
+    return Client(**settings)
 
 
 class Proxy(SyncExecutor):

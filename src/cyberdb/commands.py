@@ -109,6 +109,8 @@ def _specs() -> list[CommandSpec]:
         CommandSpec("dict.expire", 118, DICT, 2, 2, returns=False),  # key, seconds (<= 0 deletes the key)
         CommandSpec("dict.ttl", 119, DICT, 1, 1, readonly=True),  # key -> seconds left, or None
         CommandSpec("dict.persist", 120, DICT, 1, 1, reply=bool),  # key -> whether it had an expiry
+        # cursor, what -> [next cursor or None, [part, ...]]: a table in pieces (see server/scan.py)
+        CommandSpec("dict.scan", 121, DICT, 2, 2, readonly=True),
         # CyberList
         CommandSpec("list.getitem", 200, LIST, 1, 1, method="__getitem__", readonly=True),
         CommandSpec("list.getslice", 201, LIST, 3, 3, readonly=True),  # start, stop, step
@@ -136,6 +138,7 @@ def _specs() -> list[CommandSpec]:
         CommandSpec("list.copy", 223, LIST, 0, 0, readonly=True),
         # index, timeout or None, into or None: pop that may wait for an item and/or move it (see tables.pop)
         CommandSpec("list.bpop", 224, LIST, 3, 3),
+        CommandSpec("list.scan", 225, LIST, 2, 2, readonly=True),  # index, what: as dict.scan (server/scan.py)
     ]
 
 

@@ -31,8 +31,9 @@ class Executor(Protocol):
     def call_now(self, spec: CommandSpec, args: list[Any], shape: Any = SPEC_REPLY) -> Any:
         """Like ``call``, for a reply needed at once (``len()``, ``in``, ``repr``): a pipeline refuses it."""
 
-    def run(self, steps: Steps[T]) -> T:
-        """Drive a multi-step operation to its return value."""
+    def run(self, steps: Steps[T], now: bool = False) -> T:
+        """Drive a multi-step operation to its return value.  ``now``: its result is needed at once (a
+        comparison, ``repr``, ``sort(key=...)``), which a pipeline refuses; ``todict()`` and the like are not."""
 
     def stream(self, steps: Steps[Any]) -> Iterator[Any]:
         """Drive a multi-step operation, yielding each reply as it comes."""
@@ -73,7 +74,7 @@ class SyncExecutor:
         """The same as ``call`` (whose reply is always there at once)."""
         return self.call(spec, args, shape)
 
-    def run(self, steps: Steps[T]) -> T:
+    def run(self, steps: Steps[T], now: bool = False) -> T:
         """Drive a multi-step operation, each request run at once."""
         return drive(self.call, steps)
 

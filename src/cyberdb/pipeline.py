@@ -79,8 +79,13 @@ class Pending:
     def _resolve(self, status: int, value: Any) -> None:
         if status != protocol.STATUS_OK:
             self._error = error_from_code(status, tuple(value) if type(value) is list else (str(value),))
+        elif self._shape is None:
+            self._value = value
         else:
-            self._value = value if self._shape is None else self._shape(value)
+            try:
+                self._value = self._shape(value)
+            except Exception as exc:  # e.g. an operation that needed a second request (see Pipeline.run)
+                self._error = exc
 
     def _fail(self, error: BaseException) -> None:
         self._error = error
@@ -141,15 +146,34 @@ class Pipeline:
         raise TypeError(f"{spec.name} needs the server's reply at once, so it cannot be queued in a pipeline: "
                         "queue todict()/tolist() (or the call itself) and use the result instead")
 
-    def run(self, steps: Steps[T]) -> T:
-        """Refused: an operation that needs a reply before its next request cannot be queued."""
-        steps.close()
-        raise TypeError("this operation needs the server's reply before it can go on, so it cannot be queued "
-                        "in a pipeline: queue todict()/tolist() and use the result instead")
+    def run(self, steps: Steps[T], now: bool = False) -> T:
+        """Queue an operation of one request (e.g. ``todict()`` of a table that fits in one reply); its Pending
+        fails if the operation needs another request (a table copied in pieces).  Refused with ``now``."""
+        if now:
+            steps.close()
+            raise TypeError("this operation needs the server's reply before it can go on, so it cannot be queued "
+                            "in a pipeline: queue todict()/tolist() and use the result instead")
+        try:
+            spec, args = next(steps)
+        except StopIteration as stop:  # (no operation needs no request; here for completeness)
+            return stop.value  # type: ignore[no-any-return]
+
+        def finish(reply: Any) -> Any:
+            try:
+                steps.send(reply)
+            except StopIteration as stop:
+                return stop.value
+            steps.close()
+            raise TypeError("this table does not fit in one reply, so its copy cannot be queued in a pipeline "
+                            "(it needs several requests): copy it outside the pipeline")
+
+        return self.call(spec, args, finish)  # type: ignore[return-value]
 
     def stream(self, steps: Steps[Any]) -> Iterator[Any]:
-        """Refused, like ``run``."""
-        return self.run(steps)
+        """Refused: iterating needs each reply before the next request."""
+        steps.close()
+        raise TypeError("iterating needs the server's replies as it goes, so it cannot be queued in a pipeline: "
+                        "queue todict()/tolist() and use the result instead")
 
     def execute(self) -> list[Any]:
         """Send every queued call, read the replies and return ``results`` (values, or exceptions).

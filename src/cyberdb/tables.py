@@ -28,7 +28,9 @@ in one command, not live views.
 
 from __future__ import annotations
 
+import itertools
 import operator
+import reprlib
 from collections.abc import Callable, Iterable, Iterator, MutableMapping, MutableSequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -45,6 +47,7 @@ ITER_CHUNK = 1000  # items per round trip when iterating a CyberList
 SORT_ATTEMPTS = 10  # sort(key=...) retries when the list changes between its read and its write-back
 _MISSING: Any = object()
 C = BY_NAME
+T = TypeVar("T")
 _D = TypeVar("_D", bound="DictOps")
 _L = TypeVar("_L", bound="ListOps")
 
@@ -81,12 +84,43 @@ class _Table:
     def _step(self, spec: CommandSpec, *args: Any) -> Step:
         return spec, [self._name, *args]
 
-    def _now(self, spec: CommandSpec, *args: Any) -> Any:
+    def _now(self, spec: CommandSpec, *args: Any, shape: Any = SPEC_REPLY) -> Any:
         """A reply needed at once (to compare, print, iterate, for ``len()`` or ``in``): a pipeline refuses it."""
-        return self._x.call_now(*self._step(spec, *args))
+        return self._x.call_now(*self._step(spec, *args), shape)
 
     def _ref_path(self, first: Any, more: tuple[Any, ...]) -> CyberRef:
         return CyberRef(self._x, self._name, (first, *more))
+
+    def _scan(self, spec: CommandSpec, what: str, finish: Callable[[Any], T] | None) -> Steps[T | None]:
+        """Read the table in pieces (``dict.scan``/``list.scan``, see :mod:`cyberdb.server.scan`); return
+        ``finish(whole)``, or with ``finish=None`` nothing (the caller streams the pieces)."""
+        cursor, parts = yield self._step(spec, 0, what)
+        while cursor is not None:
+            cursor, more = yield self._step(spec, cursor, what)
+            if finish is not None:
+                parts += more
+        return None if finish is None else finish(_joined(parts, what))
+
+    def _head(self, spec: CommandSpec, whole: Callable[[Any], str], short: Callable[[Any], str]) -> Steps[str]:
+        """``repr`` from one request: exact when the table fits in a few KiB, else shortened like ``reprlib``."""
+        left_out, parts = yield self._step(spec, 0, "head")
+        content = _joined(parts, "items" if spec is C["dict.scan"] else "list")
+        return whole(content) if left_out is None else short(content)
+
+    def _pieces(self) -> Steps[None]:  # pragma: no cover - each kind has its own
+        """The requests of an iteration; ``_piece_items(reply)`` gives each reply's items (sync and async
+        iteration drive the same steps)."""
+        raise NotImplementedError
+        yield
+
+    @staticmethod
+    def _piece_items(reply: Any) -> Iterable[Any]:
+        return reply  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[Any]:
+        piece_items = self._piece_items
+        for reply in self._x.stream(self._pieces()):
+            yield from piece_items(reply)
 
 
 class DictOps(_Table):
@@ -109,17 +143,26 @@ class DictOps(_Table):
     def __len__(self) -> int:
         return self._now(C["dict.len"])  # type: ignore[no-any-return]
 
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._now(C["dict.keys"]))  # a snapshot: unlike a dict, changing it while iterating is fine
+    def _pieces(self) -> Steps[None]:
+        # in pieces (see cyberdb.server.scan): each key present throughout is seen once; unlike a dict,
+        # changing the table while iterating is fine
+        return self._scan(C["dict.scan"], "keys", None)
+
+    @staticmethod
+    def _piece_items(reply: Any) -> Iterable[Any]:
+        return itertools.chain.from_iterable(reply[1])
+
+    def _copy_as(self, what: str, finish: Callable[[Any], T], now: bool = True) -> T:
+        return self._x.run(self._scan(C["dict.scan"], what, finish), now)  # type: ignore[return-value]
 
     def __reversed__(self) -> Iterator[Any]:
-        return iter(self._now(C["dict.keys"])[::-1])
+        return self._copy_as("keys", _reversed)
 
     def __eq__(self, other: object) -> bool:
         other = _plain(other)
         if not isinstance(other, dict):
             return NotImplemented
-        return self._now(C["dict.todict"]) == other  # type: ignore[no-any-return]
+        return self._copy_as("items", other.__eq__)
 
     def __ne__(self, other: object) -> bool:
         result = self.__eq__(other)
@@ -129,19 +172,19 @@ class DictOps(_Table):
         other = _plain(other)
         if not isinstance(other, dict):
             return NotImplemented
-        return self._now(C["dict.todict"]) | other  # type: ignore[no-any-return]
+        return self._copy_as("items", lambda content: content | other)
 
     def __ror__(self, other: Any) -> dict[Any, Any]:
         if not isinstance(other, dict):
             return NotImplemented
-        return other | self._now(C["dict.todict"])  # type: ignore[no-any-return]
+        return self._copy_as("items", lambda content: other | content)
 
     def __ior__(self: _D, other: Any) -> _D:
         self.update(other)
         return self
 
     def __repr__(self) -> str:
-        return repr(self._now(C["dict.todict"]))
+        return self._x.run(self._head(C["dict.scan"], repr, _short_dict), True)
 
     def get(self, key: Any, default: Any = None) -> Any:
         """``d.get(key, default)``."""
@@ -173,23 +216,23 @@ class DictOps(_Table):
 
     def keys(self) -> KeysView[Any]:
         """A snapshot of the keys (a real ``dict_keys``: supports ``in``, ``len`` and set operations)."""
-        return self._run(C["dict.keys"], shape=_keys_view)  # type: ignore[no-any-return]
+        return self._copy_as("keys", _keys_view, now=False)
 
     def values(self) -> ValuesView[Any]:
         """A snapshot of the values."""
-        return self._run(C["dict.values"], shape=_values_view)  # type: ignore[no-any-return]
+        return self._copy_as("values", _values_view, now=False)
 
     def items(self) -> ItemsView[Any, Any]:
         """A snapshot of the ``(key, value)`` pairs."""
-        return self._run(C["dict.todict"], shape=_items_view)  # type: ignore[no-any-return]
+        return self._copy_as("items", _items_view, now=False)
 
     def copy(self) -> dict[Any, Any]:
         """A plain ``dict`` copy (same as ``todict()``)."""
-        return self._run(C["dict.todict"])  # type: ignore[no-any-return]
+        return self._copy_as("items", _same, now=False)
 
     def todict(self) -> dict[Any, Any]:
-        """Copy the whole table into a plain ``dict``."""
-        return self._run(C["dict.todict"])  # type: ignore[no-any-return]
+        """Copy the whole table into a plain ``dict`` (in pieces if it is big: see :mod:`cyberdb.server.scan`)."""
+        return self._copy_as("items", _same, now=False)
 
     def set(self, key: Any, value: Any, ttl: float | None = None) -> Any:
         """``d[key] = value``, expiring ``ttl`` seconds from now (None: never, like ``d[key] = value``).
@@ -310,10 +353,12 @@ class ListOps(_Table):
     def __contains__(self, value: object) -> bool:
         return self._now(C["list.contains"], value)  # type: ignore[no-any-return]
 
-    def __iter__(self) -> Iterator[Any]:
+    def _pieces(self) -> Steps[None]:
         # by index, in chunks, like list iteration: bounded memory, one round trip per ITER_CHUNK items
-        for chunk in self._x.stream(self._chunks_forward()):
-            yield from chunk
+        return self._chunks_forward()
+
+    def _copy_as(self, what: str, finish: Callable[[Any], T], now: bool = True) -> T:
+        return self._x.run(self._scan(C["list.scan"], what, finish), now)  # type: ignore[return-value]
 
     def _chunks_forward(self) -> Steps[None]:
         # ends only on an empty chunk, asked for once the items before were consumed: like a list iterator, it
@@ -342,7 +387,7 @@ class ListOps(_Table):
         items = _other_list(other)
         if items is NotImplemented:
             return NotImplemented  # type: ignore[no-any-return]
-        return op(self._now(C["list.tolist"]), items)
+        return self._copy_as("list", lambda content: op(content, items))
 
     def __eq__(self, other: object) -> bool:
         return self._compare(other, operator.eq)
@@ -366,19 +411,20 @@ class ListOps(_Table):
         items = _other_list(other)
         if items is NotImplemented:
             raise TypeError(f'can only concatenate list (not "{type(other).__name__}") to list')
-        return self._now(C["list.tolist"]) + items  # type: ignore[no-any-return]
+        return self._copy_as("list", lambda content: content + items)
 
     def __radd__(self, other: Any) -> list[Any]:
         if not isinstance(other, list):
             return NotImplemented
-        return other + self._now(C["list.tolist"])  # type: ignore[no-any-return]
+        return self._copy_as("list", lambda content: other + content)
 
     def __iadd__(self: _L, other: Iterable[Any]) -> _L:  # type: ignore[misc]  # += extends, + copies
         self.extend(other)
         return self
 
     def __mul__(self, n: Any) -> list[Any]:
-        return self._now(C["list.tolist"]) * _repeat_count(n)  # type: ignore[no-any-return]
+        count = _repeat_count(n)
+        return self._copy_as("list", lambda content: content * count)
 
     __rmul__ = __mul__
 
@@ -387,7 +433,7 @@ class ListOps(_Table):
         return self
 
     def __repr__(self) -> str:
-        return repr(self._now(C["list.tolist"]))
+        return self._x.run(self._head(C["list.scan"], repr, _short_list), True)
 
     def append(self, value: Any) -> Any:
         """Append one item."""
@@ -456,11 +502,11 @@ class ListOps(_Table):
 
     def copy(self) -> list[Any]:
         """A plain ``list`` copy (same as ``tolist()``)."""
-        return self._run(C["list.tolist"])  # type: ignore[no-any-return]
+        return self._copy_as("list", _same, now=False)
 
     def tolist(self) -> list[Any]:
-        """Copy the whole table into a plain ``list``."""
-        return self._run(C["list.tolist"])  # type: ignore[no-any-return]
+        """Copy the whole table into a plain ``list`` (in pieces if it is big: see :mod:`cyberdb.server.scan`)."""
+        return self._copy_as("list", _same, now=False)
 
     def incr(self, index: int, amount: Any = 1) -> Any:
         """Add ``amount`` to the number at ``index`` atomically and return the new value (see ``CyberDict.incr``)."""
@@ -478,7 +524,7 @@ class ListOps(_Table):
         """
         if key is None:
             return self._run(C["list.sort"], bool(reverse))
-        return self._x.run(self._sort_steps(key, bool(reverse)))
+        return self._x.run(self._sort_steps(key, bool(reverse)), True)
 
     def _sort_steps(self, key: Callable[[Any], Any], reverse: bool) -> Steps[None]:
         for _ in range(SORT_ATTEMPTS):
@@ -565,14 +611,19 @@ class CyberRef(DictOps, ListOps):
         else:
             return self._run(C["dict.delitem"], key)
 
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._now(C["dict.copy"]))
+    def _pieces(self) -> Steps[None]:
+        yield self._step(C["dict.copy"])  # a dict's keys or a list's items: the value in one piece
+
+    @staticmethod
+    def _piece_items(reply: Any) -> Iterable[Any]:
+        return reply  # type: ignore[no-any-return]
 
     def __reversed__(self) -> Iterator[Any]:
-        return reversed(self._now(C["dict.copy"]))  # type: ignore[no-any-return]
+        return self._now(C["dict.copy"], shape=_reversed)  # type: ignore[no-any-return]
 
     def __eq__(self, other: object) -> bool:
-        return self._now(C["dict.copy"]) == _plain(other)  # type: ignore[no-any-return]
+        other = _plain(other)
+        return self._now(C["dict.copy"], shape=lambda value: value == other)  # type: ignore[no-any-return]
 
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)
@@ -599,12 +650,46 @@ class CyberRef(DictOps, ListOps):
 def _plain(value: Any) -> Any:
     """The plain value behind a table or handle (one read); anything else as it is."""
     if isinstance(value, CyberDict):
-        return value._now(C["dict.todict"])
+        return value.todict()
     if isinstance(value, CyberList):
-        return value._now(C["list.tolist"])
+        return value.tolist()
     if isinstance(value, CyberRef):
-        return value._now(C["dict.copy"])
+        return value.copy()
     return value
+
+
+def _joined(parts: list[Any], what: str) -> Any:
+    """The pieces of a scan as one dict or list."""
+    if len(parts) == 1:
+        return parts[0]
+    if what in ("items", "head"):
+        whole: dict[Any, Any] = {}
+        for part in parts:
+            whole.update(part)
+        return whole
+    return list(itertools.chain.from_iterable(parts))
+
+
+def _same(value: T) -> T:
+    return value
+
+
+def _reversed(value: Any) -> Iterator[Any]:
+    return reversed(value)  # type: ignore[no-any-return]
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 4, 80, 80, 80
+_REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = _REPR.maxfrozenset = 20
+
+
+def _short_dict(head: dict[Any, Any]) -> str:
+    """The ``repr`` of a table too big to print: its first items, shortened like ``reprlib``, then ``...``."""
+    return "{" + "".join(f"{_REPR.repr(k)}: {_REPR.repr(v)}, " for k, v in head.items()) + "...}"
+
+
+def _short_list(head: list[Any]) -> str:
+    return "[" + "".join(f"{_REPR.repr(item)}, " for item in head) + "...]"
 
 
 def _seconds(value: Any, what: str, positive: bool = True) -> float:

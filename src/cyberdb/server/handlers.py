@@ -19,6 +19,7 @@ from ..commands import BY_NAME, LIST
 from ..errors import LockLostError, TableExistsError, TableNotFoundError
 from .batch import run_pipeline, run_steps
 from .meta import MAX_EXPIRY, TableMeta, check_options
+from .scan import scan_dict, scan_list
 from .store import KIND_TYPES, MAX_NAME_LENGTH, Encoded, WouldBlock, kind_name
 
 if TYPE_CHECKING:
@@ -359,6 +360,14 @@ def _list_bpop(store: Store, table: list[Any], name: str, index: Any, timeout: A
     return item
 
 
+def _dict_scan(store: Store, table: dict[Any, Any], name: str, cursor: Any, what: Any) -> Encoded:
+    return Encoded(scan_dict(store, table, cursor, what))
+
+
+def _list_scan(store: Store, table: list[Any], name: str, cursor: Any, what: Any) -> Encoded:
+    return Encoded(scan_list(store, table, cursor, what))
+
+
 def _db_pipeline(store: Store, steps: Any) -> Encoded:
     return run_pipeline(store, steps)
 
@@ -423,4 +432,6 @@ HANDLERS: dict[str, Callable[..., Any]] = {
     "list.snapshot": _list_snapshot,
     "list.replace_if": _list_replace_if,
     "list.bpop": _list_bpop,
+    "dict.scan": _dict_scan,
+    "list.scan": _list_scan,
 }

@@ -109,6 +109,7 @@ class Store:
         # keys a bounded dict evicted during the write being run: logged after it as dict.pop (a replay does not
         # evict, since which key is least recently used depends on reads, which are not logged)
         self.evicted: list[tuple[str, Any]] = []
+        self.cursors = Cursors()  # the key snapshots of dict scans in progress (see scan.py)
 
     def __len__(self) -> int:
         return len(self._tables)
@@ -372,6 +373,10 @@ class Store:
         """Put back the version of table ``name`` (a batch that was rolled back changed nothing)."""
         self._versions[name] = version
 
+    def in_batch(self) -> bool:
+        """True while an atomic batch (or a transaction's speculation) runs."""
+        return self._moves is not None
+
     def clock(self) -> int:
         """The version clock (the last version handed out)."""
         return self._clock
@@ -453,6 +458,7 @@ def _key_of(spec: CommandSpec, args: list[Any]) -> Any:
 # handlers.py (through batch.py) builds on this module; imported last, as they import names defined above
 from .handlers import HANDLERS  # noqa: E402
 from .meta import KEYED, TOUCHING, TableMeta  # noqa: E402
+from .scan import Cursors  # noqa: E402
 
 # Per command id: (table type or None, min args, max args, function, whether it is a builtin method).  Built once
 # from the command table so that execute() does no lookups by name.
