@@ -1,28 +1,36 @@
-"""Tests of the console script's inspection commands, ``cyberdb check`` and ``cyberdb dump``.
+"""Tests of the console script: the inspection commands ``cyberdb check`` and ``cyberdb dump``, and the operator's
+``cyberdb --version``, ``serve`` (its log lines), ``info`` and ``shell``.
 
 The files are real: a snapshot saved by an in-process server and an append-only log written by one while a client
-wrote the tables; damaged ones are copies with one thing broken.
+wrote the tables; damaged ones are copies with one thing broken.  ``serve``, ``info`` and ``shell`` run as their
+own processes against real servers; a ``serve`` process is ready when it logs its "listening on" line.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import math
 import os
 import pickle
+import queue
 import re
+import socket
 import struct
 import subprocess
 import sys
+import threading
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import serving
+from conftest import PASSWORD, ServerProcess, free_port, kill_by_pid, proxy_of, serving
 from values import canon
 
 import cyberdb
@@ -388,3 +396,264 @@ def test_json_form_of_ints_beyond_str_conversion_limit() -> None:
 def test_json_form_refuses_other_types() -> None:
     with pytest.raises(TypeError):
         to_json(object())
+
+
+# ---- the operator's commands: --version, serve, info, shell -------------------------------------------------------
+
+LINE_TIMEOUT = 30.0
+
+
+def cli(*argv: str, stdin: str = "", password: str | None = PASSWORD,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m cyberdb ARGV`` to completion (bounded in time), with ``$CYBERDB_PASSWORD`` set or not."""
+    environ = {k: v for k, v in os.environ.items() if k != "CYBERDB_PASSWORD"}
+    if password is not None:
+        environ["CYBERDB_PASSWORD"] = password
+    environ.update(env or {})
+    return subprocess.run([sys.executable, "-m", "cyberdb", *argv], input=stdin, capture_output=True, text=True,
+                          timeout=60, env=environ, check=False)
+
+
+class Serve:
+    """``cyberdb serve`` in its own process, its stderr read line by line (the "listening on" line says it is up)."""
+
+    def __init__(self, *argv: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        environ = dict(os.environ, CYBERDB_PASSWORD=PASSWORD, **(env or {}))
+        self.proc = subprocess.Popen([sys.executable, "-m", "cyberdb", "serve", "--port", str(self.port), *argv],
+                                     env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str) -> str:
+        """The next stderr line matching ``pattern`` (lines before it are kept in ``lines``)."""
+        deadline = time.monotonic() + LINE_TIMEOUT
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r} in {LINE_TIMEOUT} s: {self.lines}") from None
+            if line is None:
+                raise AssertionError(f"serve exited ({self.proc.wait(10)}) before {pattern!r}: {self.lines}")
+            self.lines.append(line)
+            if re.search(pattern, line):
+                return line
+
+    def stop(self) -> None:
+        kill_by_pid(self.proc)
+        self._reader.join(10)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., Serve]]:
+    started: list[Serve] = []
+
+    def start(*argv: str, env: dict[str, str] | None = None) -> Serve:
+        started.append(Serve(*argv, env=env))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def test_version() -> None:
+    result = cli("--version")
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"cyberdb {cyberdb.__version__}\n", "")
+
+
+def test_serve_logs_listening_and_serves(serve: Callable[..., Serve]) -> None:
+    srv = serve()
+    line = srv.wait_for("listening on")
+    assert f"listening on 127.0.0.1:{srv.port} (encrypt=False, tls=False)" in line
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10):  # listening when it says so
+        pass
+    client = cyberdb.connect("127.0.0.1", srv.port, PASSWORD)
+    try:
+        assert client.ping()
+    finally:
+        client.close()
+    assert not any("connection from" in line for line in srv.lines)  # only with --log
+
+
+def test_serve_refuses_encrypt_without_password() -> None:
+    port = free_port()
+    result = cli("serve", "--port", str(port), "--encrypt", password=None)
+    assert result.returncode == 2 and result.stdout == ""
+    assert "--encrypt needs a password" in result.stderr
+    with socket.socket() as s:  # nothing was started: the port is still free
+        s.bind(("127.0.0.1", port))
+
+
+def big_snapshot(path: Path) -> None:
+    with serving() as (db, client):
+        with client.get_proxy() as proxy:
+            for i in range(4):
+                proxy.create_cyberdict(f"t{i}", content={k: "x" * 100 for k in range(200)})
+        db.save_db(str(path))
+
+
+def test_serve_shows_progress_of_a_long_load(serve: Callable[..., Serve], tmp_path: Path) -> None:
+    snapshot = tmp_path / "big.cdb"
+    big_snapshot(snapshot)
+    srv = serve("--load", str(snapshot), env={"CYBERDB_PROGRESS_INTERVAL": "0"})  # every step counts as "long"
+    srv.wait_for("listening on")
+    progress = [line for line in srv.lines if f"loading {snapshot}:" in line]
+    assert len(progress) >= 4, srv.lines  # one per table at least, then "done"
+    assert re.search(r"loading .*: \d+% \([\d.]+ of [\d.]+ MiB, \d+ records, [\d.]+ s\)", progress[0])
+    assert "done" in progress[-1]
+    assert any("loaded 4 tables" in line for line in srv.lines)
+
+
+def test_serve_shows_progress_of_a_long_log_replay(serve: Callable[..., Serve], tmp_path: Path) -> None:
+    log = tmp_path / "data.aof"
+    with serving(log, "always") as (_db, client):
+        with client.get_proxy() as proxy:
+            d = proxy.create_cyberdict("d")
+            for i in range(20):
+                d[i] = i
+    srv = serve("--aof", str(log), env={"CYBERDB_PROGRESS_INTERVAL": "0"})
+    srv.wait_for("listening on")
+    assert sum(f"replaying {log}:" in line for line in srv.lines) >= 20, srv.lines
+    client = cyberdb.connect("127.0.0.1", srv.port, PASSWORD)
+    try:
+        with client.get_proxy() as proxy:
+            assert len(proxy.get_cyberdict("d")) == 20
+    finally:
+        client.close()
+
+
+def test_small_loads_are_quiet(serve: Callable[..., Serve], tmp_path: Path) -> None:
+    snapshot = tmp_path / "big.cdb"
+    big_snapshot(snapshot)
+    srv = serve("--load", str(snapshot), env={"CYBERDB_PROGRESS_INTERVAL": "3600"})  # the load is shorter
+    srv.wait_for("listening on")
+    assert not any("loading" in line for line in srv.lines), srv.lines
+
+
+def test_saves_show_progress(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    big_snapshot(tmp_path / "in.cdb")
+    monkeypatch.setattr("cyberdb.server.progress.PROGRESS_INTERVAL", 0.0)
+    db = cyberdb.Server()
+    db.load_db(str(tmp_path / "in.cdb"))
+    with caplog.at_level("INFO", logger="cyberdb.server.progress"):
+        db.save_db(str(tmp_path / "out.cdb"))  # not serving: saved in this process
+    lines = [r.getMessage() for r in caplog.records if r.name == "cyberdb.server.progress"]
+    saving = [line for line in lines if line.startswith(f"saving {tmp_path / 'out.cdb'}: ")]
+    assert len(saving) >= 4 and "4 of 4 tables" in saving[-1] and "done" in saving[-1], lines
+
+
+@pytest.fixture(scope="module")
+def info_server() -> Iterator[ServerProcess]:
+    srv = ServerProcess()
+    try:
+        with proxy_of(srv) as proxy:
+            proxy.create_cyberdict("users", content={i: i for i in range(12)})
+            proxy.create_cyberlist("jobs", content=["a", "b", "c"])
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_info_json(info_server: ServerProcess) -> None:
+    first = json.loads(cli("info", "--port", str(info_server.port), "--json").stdout)
+    with proxy_of(info_server) as proxy:
+        jobs = proxy.get_cyberlist("jobs")
+        for i in range(100):
+            jobs.append(i)
+    url = f"cyberdb://:{PASSWORD}@127.0.0.1:{info_server.port}"
+    result = cli("info", "--url", url, "--json", password=None)
+    assert result.returncode == 0, result.stderr
+    second = json.loads(result.stdout)
+    assert second["tables"] == {"users": {"kind": "dict", "size": 12}, "jobs": {"kind": "list", "size": 103}}
+    assert second["commands"] - first["commands"] >= 101
+    assert second["ops_per_sec"] > 0
+    assert second["version"] == cyberdb.__version__ and second["address"] == f"127.0.0.1:{info_server.port}"
+
+
+def test_info_human_readable(info_server: ServerProcess) -> None:
+    result = cli("info", "--port", str(info_server.port))
+    assert result.returncode == 0 and result.stderr == ""
+    out = result.stdout
+    assert out.startswith(f"cyberdb {cyberdb.__version__} at 127.0.0.1:{info_server.port} (pid ")
+    assert re.search(r"^memory: [\d.]+ MiB resident, no max_memory$", out, re.M)
+    assert re.search(r"^clients: 1 connected, ", out, re.M)
+    assert re.search(r"^commands: \d+ since the start, [\d.]+ ops/s", out, re.M)
+    assert re.search(r"^tables: 2, 0 keys with an expiry$", out, re.M)
+    assert re.search(r"^  dict +12  users$", out, re.M) and re.search(r"^  list +\d+  jobs$", out, re.M)
+    assert "append log: off" in out and "backup: off" in out
+
+
+def test_info_with_a_wrong_password_fails(info_server: ServerProcess) -> None:
+    result = cli("info", "--port", str(info_server.port), password="wrong")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("cyberdb: ")
+
+
+def test_info_refuses_a_bad_url() -> None:
+    result = cli("info", "--url", "http://127.0.0.1:1")
+    assert result.returncode == 2 and "cyberdb://" in result.stderr
+
+
+def test_shell_through_stdin(info_server: ServerProcess) -> None:
+    script = ('d = proxy.create_cyberdict("x"); d["a"] = 1\n'
+              'print(proxy.get_cyberdict("x").todict())\n'
+              'print(type(client).__name__, cyberdb.__version__)\n'
+              '1 / 0\n'
+              'print("still here")\n')
+    result = cli("shell", "--port", str(info_server.port), stdin=script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["{'a': 1}", f"Client {cyberdb.__version__}", "still here"]
+    assert f"connected to 127.0.0.1:{info_server.port}" in result.stderr  # the banner
+    assert "ZeroDivisionError" in result.stderr
+    with proxy_of(info_server) as proxy:
+        assert proxy.get_cyberdict("x").todict() == {"a": 1}
+        proxy.delete_table("x")
+
+
+def test_shell_exit_status(info_server: ServerProcess) -> None:
+    result = cli("shell", "--port", str(info_server.port), stdin='print("x")\nexit(3)\nprint("not run")\n')
+    assert (result.returncode, result.stdout) == (3, "x\n")
+
+
+@pytest.mark.parametrize("end", ["", "exit()\n"], ids=["eof", "exit"])
+def test_shell_closes_its_connection(info_server: ServerProcess, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch, end: str) -> None:
+    # in this process, so that a connection left open would stay open (a process exiting closes everything)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("print(proxy.info()['connections'])\n" + end))
+    monkeypatch.setenv("CYBERDB_PASSWORD", PASSWORD)
+    assert main(["shell", "--port", str(info_server.port)]) == 0
+    assert capsys.readouterr().out == "1\n"
+    with proxy_of(info_server) as proxy:  # the shell's connection is gone: only this one is left
+        deadline = time.monotonic() + 20
+        while proxy.info()["connections"] != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)  # polling interval of a readiness check
+
+
+def test_info_human_readable_persistence_and_slow_commands(make_server: Callable[..., ServerProcess],
+                                                           tmp_path: Path) -> None:
+    log, backup = tmp_path / "data.aof", tmp_path / "data.cdb"
+    srv = make_server(extra=["--aof", str(log), "--fsync", "always", "--backup", str(backup), "--backup-cycle",
+                             "3600", "--slowlog-threshold", "0.000000001"])
+    with proxy_of(srv) as proxy:
+        proxy.create_cyberdict("d")["k"] = 1
+    result = cli("info", "--port", str(srv.port))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert re.search(rf"^append log: {re.escape(str(log))}, fsync always, [\d.]+ MiB, \d+ records, last fsync "
+                     r"[\d.]+ s ago, 0 rewrites$", out, re.M), out
+    assert f"backup: {backup} every 3600 s\n" in out
+    assert "slow commands (newest first):" in out
+    assert re.search(r"^  \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC +[\d.]+ ms  dict.setitem on d from 127.0.0.1:\d+$", out,
+                     re.M), out

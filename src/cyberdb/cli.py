@@ -1,20 +1,32 @@
 """The ``cyberdb`` console script.  Only parses and calls.
 
-``cyberdb serve ...`` runs a server in the foreground; ``cyberdb check FILE`` and ``cyberdb dump FILE`` inspect a
-snapshot or an append-only log (see :mod:`cyberdb.server.inspect`).
+``cyberdb serve ...`` runs a server in the foreground, logging to stderr (INFO and up: the "listening on" line,
+progress of long loads and saves, backups; ``--log`` adds connections and commands); ``cyberdb check FILE`` and
+``cyberdb dump FILE`` inspect a snapshot or an append-only log (see :mod:`cyberdb.server.inspect`); ``cyberdb
+info`` prints a running server's state (``proxy.info()``), ``cyberdb shell`` opens a Python prompt connected to
+it, ``cyberdb slowlog`` prints its slow commands; ``cyberdb --version`` prints ``cyberdb <version>``.
 """
 
 from __future__ import annotations
 
 import argparse
+import code
 import json
+import logging
 import os
 import sys
+import time
+from typing import Any
 
-from .client import connect
+from . import __version__
+from .client import Client, Proxy, connect
 from .errors import CyberDBError, PersistenceError
 from .server import Server
 from .server.inspect import inspect_file
+from .url import parse_url
+
+_LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"  # as Server(print_log=True)
+MAX_TABLES_SHOWN = 50  # `cyberdb info` lists the largest tables; --json lists them all
 
 _CHECK_HELP = """\
 Verify a snapshot (.cdb) or an append-only log (.aof), told apart by its magic bytes, exactly as the server
@@ -46,6 +58,7 @@ so an object with a "$" key is always a tag. cyberdb.server.inspect.from_json(js
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the command; return the exit code."""
     parser = argparse.ArgumentParser(prog="cyberdb", description="CyberDB in-memory database")
+    parser.add_argument("--version", action="version", version=f"cyberdb {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run a server in the foreground until SIGINT/SIGTERM")
     serve.add_argument("--host", default="127.0.0.1")
@@ -97,18 +110,43 @@ def main(argv: list[str] | None = None) -> int:
     dump.add_argument("file")
     dump.add_argument("--state", action="store_true", help="for a log: the state it loads to, not its records")
     slowlog = sub.add_parser("slowlog", help="print a running server's slowest recent commands as JSON lines")
-    slowlog.add_argument("--host", default="127.0.0.1")
-    slowlog.add_argument("--port", type=int, default=9980)
-    slowlog.add_argument("--password", default=os.environ.get("CYBERDB_PASSWORD"),
-                         help="default: $CYBERDB_PASSWORD")
-    slowlog.add_argument("--encrypt", action="store_true")
+    _connection_options(slowlog)
     slowlog.add_argument("--count", type=int, default=None)
+    info = sub.add_parser("info", help="print a running server's state: tables, memory, clients, ops/s, persistence")
+    _connection_options(info)
+    info.add_argument("--json", action="store_true", help="print proxy.info() as one JSON object")
+    shell = sub.add_parser("shell", help="a Python prompt with `client`, `proxy` (connected) and `cyberdb`",
+                           description="An interactive Python prompt (code.InteractiveConsole) connected to a "
+                           "server: `client`, `proxy` (connected) and the `cyberdb` module are defined.  It reads "
+                           "stdin, so it can be scripted (no prompts are printed when stdin is not a terminal); "
+                           "EOF (Ctrl-D) or exit() closes the proxy and the client.")
+    _connection_options(shell)
     args = parser.parse_args(argv)
     if args.command in ("check", "dump"):
         return _inspect(args.command, args.file, args.state if args.command == "dump" else False)
-    if args.command == "slowlog":
-        return _slowlog(args.host, args.port, args.password, args.encrypt, args.count)
+    if args.command in ("slowlog", "info", "shell"):
+        try:
+            settings = _settings(args)
+        except ValueError as exc:
+            print(f"cyberdb: {exc}", file=sys.stderr)
+            return 2
+        if args.command == "slowlog":
+            return _slowlog(settings, args.count)
+        return _info(settings, args.json) if args.command == "info" else _shell(settings)
+    if args.encrypt and not args.password:  # refused before anything starts: the keys derive from the password
+        print("cyberdb: --encrypt needs a password (--password, or $CYBERDB_PASSWORD): the encryption keys are "
+              "derived from it", file=sys.stderr)
+        return 2
+    root = logging.getLogger("cyberdb")
+    level, handler = root.level, _serve_logging(args.log)
+    try:
+        return _serve(args)
+    finally:  # (main() may run inside a program or a test: leave its logging as it was)
+        root.removeHandler(handler)
+        root.setLevel(level)
 
+
+def _serve(args: argparse.Namespace) -> int:
     db = Server(event_loop=args.loop)
     try:
         if args.tls_cert:
@@ -128,21 +166,75 @@ def main(argv: list[str] | None = None) -> int:
                       args.min_frame_rate, args.max_partial_bytes, args.max_subscriber_buffer)
         db.set_max_memory(args.max_memory)
         db.set_slowlog(args.slowlog_threshold)
+        # (print_log stays False: _serve_logging attached the handler already, before --load and the log replay)
         db.run(host=args.host, port=args.port, password=args.password, max_con=args.max_con,
-               timeout=args.timeout, print_log=args.log, encrypt=args.encrypt)
+               timeout=args.timeout, encrypt=args.encrypt)
     except (OSError, ValueError, PersistenceError) as exc:
         print(f"cyberdb: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-def _slowlog(host: str, port: int, password: str | None, encrypt: bool, count: int | None) -> int:
+def _serve_logging(verbose: bool) -> logging.Handler:
+    """Log to stderr from now on: INFO and up ("listening on", progress, backups) but not each connection opening
+    and closing, or with ``--log`` everything, commands included (as ``Server(print_log=True)``)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+    if not verbose:
+        handler.addFilter(lambda r: r.levelno >= logging.WARNING or r.name != "cyberdb.server.net")
+    root = logging.getLogger("cyberdb")
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    return handler
+
+
+def _connection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="cyberdb://[:PASSWORD@]HOST[:PORT]/?encrypt=1 (cyberdbs:// for TLS, with "
+                        "?tls_ca=FILE); the options below override it")
+    parser.add_argument("--host", help="default: 127.0.0.1")
+    parser.add_argument("--port", type=int, help="default: 9980")
+    parser.add_argument("--password", help="default: the URL's, else $CYBERDB_PASSWORD (prefer these: argv is "
+                        "visible to other users)")
+    parser.add_argument("--encrypt", action="store_true", default=None)
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``cyberdb.connect``'s arguments: the URL's, overridden by the options given, then the defaults."""
+    settings: dict[str, Any] = parse_url(args.url) if args.url else {}
+    if args.host is not None:
+        settings["host"] = args.host
+    if args.port is not None:
+        settings["port"] = args.port
+    settings.setdefault("host", "127.0.0.1")
+    settings.setdefault("port", 9980)
+    if args.password is not None:
+        settings["password"] = args.password
+    elif "password" not in settings and os.environ.get("CYBERDB_PASSWORD"):
+        settings["password"] = os.environ["CYBERDB_PASSWORD"]
+    if args.encrypt:
+        settings["encrypt"] = True
+    return settings
+
+
+def _connected(settings: dict[str, Any]) -> tuple[Client, Proxy]:
+    """A client (its settings checked by one connection) and a connected proxy of it."""
+    client = connect(**settings)
     try:
-        client = connect(host, port, password, encrypt)
+        proxy = client.get_proxy()
+        proxy.connect()
+    except BaseException:
+        client.close()
+        raise
+    return client, proxy
+
+
+def _slowlog(settings: dict[str, Any], count: int | None) -> int:
+    try:
+        client, proxy = _connected(settings)
         try:
-            with client.get_proxy() as proxy:
-                entries = proxy.slowlog(count)
+            entries = proxy.slowlog(count)
         finally:
+            proxy.close()
             client.close()
     except CyberDBError as exc:
         print(f"cyberdb: {exc}", file=sys.stderr)
@@ -150,6 +242,140 @@ def _slowlog(host: str, port: int, password: str | None, encrypt: bool, count: i
     for entry in entries:
         print(json.dumps(entry))
     return 0
+
+
+def _info(settings: dict[str, Any], as_json: bool) -> int:
+    try:
+        client, proxy = _connected(settings)
+        try:
+            info = proxy.info()
+        finally:
+            proxy.close()
+            client.close()
+    except CyberDBError as exc:
+        print(f"cyberdb: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+    else:
+        for line in info_lines(info):
+            print(line)
+    return 0
+
+
+def info_lines(info: dict[str, Any]) -> list[str]:
+    """``proxy.info()`` as the lines ``cyberdb info`` prints."""
+    memory, log, backup, save = info["memory"], info["append_log"], info["backup"], info["last_save"]
+    lines = [f"cyberdb {info['version']} at {info['address']} (pid {info['pid']}), encrypt "
+             f"{_on(info['encrypt'])}, TLS {_on(info['tls'])}, up {_duration(info['uptime'])}"]
+    limit = f"max_memory {_mib(memory['max_memory'])}" if memory["max_memory"] else "no max_memory"
+    over = " (over max_memory: writes are refused)" if memory["over_max_memory"] else ""
+    rss = _mib(memory["rss"]) if memory["rss"] is not None else "unknown"
+    lines.append(f"memory: {rss} resident, {limit}{over}")
+    lines.append(f"clients: {info['connections']} connected, {info['unauthenticated']} in the handshake, "
+                 f"{info['blocked']} blocked pops, {info['channels']} pub/sub channels")
+    lines.append(f"commands: {info['commands']} since the start, {info['ops_per_sec']:.1f} ops/s (last few seconds)")
+    tables = info["tables"]
+    lines.append(f"tables: {len(tables)}, {info['expiring_keys']} keys with an expiry")
+    shown = sorted(tables.items(), key=lambda item: (-item[1]["size"], item[0]))[:MAX_TABLES_SHOWN]
+    if shown:
+        width = max(4, *(len(str(t["size"])) for _name, t in shown))
+        lines.append(f"  kind {'size':>{width}}  name")
+        lines.extend(f"  {t['kind']:<4} {t['size']:>{width}}  {_name(name)}" for name, t in shown)
+        if len(tables) > len(shown):
+            lines.append(f"  ... and {len(tables) - len(shown)} smaller tables (cyberdb info --json lists all)")
+    if log is None:
+        lines.append("append log: off")
+    else:
+        synced = f"last fsync {_ago(log['last_fsync'])}" if log.get("last_fsync") is not None else "no fsync yet"
+        state = "rewriting now" if log["rewriting"] else f"{log['rewrites']} rewrites"
+        error = f", ERROR: {log['error']}" if log["error"] else ""
+        lines.append(f"append log: {log['file']}, fsync {log['fsync']}, {_mib(log['size'])}, {log['records']} "
+                     f"records, {synced}, {state}{error}")
+    if backup is None:
+        lines.append("backup: off")
+    else:
+        lines.append(f"backup: {backup['file']} every {backup['cycle']:g} s{' (saving now)' if backup['busy'] else ''}")
+    if save is not None:
+        outcome = f"ok in {save['seconds']:.2f} s" if save["ok"] else f"FAILED: {save['error']}"
+        lines.append(f"last save: {save['file']} at {_when(save['time'])}, {outcome}")
+    if info["slowlog"]:
+        lines.append("slow commands (newest first):")
+        for entry in info["slowlog"]:
+            table = f" on {_name(entry['table'])}" if entry.get("table") is not None else ""
+            lines.append(f"  {_when(entry['time'])}  {entry['seconds'] * 1000:8.1f} ms  {entry['command']}{table} "
+                         f"from {entry['client']}")
+    return lines
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def _name(name: str) -> str:
+    return name if name.isprintable() and name.strip() == name and name else repr(name)
+
+
+def _when(unix: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix))
+
+
+def _ago(unix: float) -> str:
+    return f"{max(0.0, time.time() - unix):.1f} s ago"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d {hours}h {minutes}m"
+    return f"{hours}h {minutes}m {secs}s" if hours else f"{minutes}m {secs}s" if minutes else f"{seconds:.1f}s"
+
+
+def _shell(settings: dict[str, Any]) -> int:
+    import cyberdb
+
+    try:
+        client, proxy = _connected(settings)
+    except CyberDBError as exc:
+        print(f"cyberdb: {exc}", file=sys.stderr)
+        return 1
+    where = f"{settings['host']}:{settings['port']}"
+    security = ", ".join(n for n, on in (("encrypted", settings.get("encrypt")), ("TLS", settings.get("tls"))) if on)
+    banner = (f"CyberDB shell (cyberdb {__version__}, Python {sys.version.split()[0]}): connected to {where}"
+              f"{f' ({security})' if security else ''}.\n`client`, `proxy` (connected) and `cyberdb` are defined, "
+              "e.g. proxy.tables(), proxy.info(); Ctrl-D or exit() leaves.")
+    console = code.InteractiveConsole({"client": client, "proxy": proxy, "cyberdb": cyberdb,
+                                       "__name__": "__console__", "__doc__": None})
+    interactive = sys.stdin.isatty()
+    saved = getattr(sys, "ps1", None), getattr(sys, "ps2", None)
+    if interactive:
+        try:
+            import readline  # noqa: F401 - line editing and history for input()
+        except ImportError:
+            pass
+    else:  # scripted (stdin is a pipe or a file): stdout gets only what the code prints
+        sys.ps1 = sys.ps2 = ""
+    status = 0
+    try:
+        console.interact(banner=banner, exitmsg="")
+    except SystemExit as exc:  # exit() / quit() / sys.exit(n) in the shell
+        status = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    finally:
+        proxy.close()
+        client.close()
+        for attr, value in zip(("ps1", "ps2"), saved, strict=True):
+            if value is None:
+                if hasattr(sys, attr):
+                    delattr(sys, attr)
+            else:
+                setattr(sys, attr, value)
+    return status
 
 
 def _inspect(command: str, path: str, state: bool) -> int:

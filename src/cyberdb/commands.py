@@ -87,6 +87,8 @@ def _specs() -> list[CommandSpec]:
         # they change the connection rather than the store (server/net.py)
         CommandSpec("db.subscribe", 15, None, 1, 1, readonly=True),
         CommandSpec("db.unsubscribe", 16, None, 1, 1, readonly=True),
+        # -> the server's state and counters (Server.info); answered by the network layer (server/stats.py)
+        CommandSpec("db.info", 17, None, 0, 0, readonly=True),
         # CyberDict
         CommandSpec("dict.getitem", 100, DICT, 1, 1, method="__getitem__", readonly=True),
         CommandSpec("dict.setitem", 101, DICT, 2, 2, method="__setitem__", returns=False),

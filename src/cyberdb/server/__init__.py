@@ -26,11 +26,12 @@ from typing import Any, TypeVar
 from .. import crypto
 from ..errors import PersistenceError
 from .admission import Limits, parse_networks
-from .aof import AppendLog, Fsync, LogConfig
+from .aof import AppendLog, Fsync, LogConfig, call_soon_safely
 from .background import run_in_child
 from .dedup import ReplyCache
 from .net import ServerConnection, ServerContext
 from .persist import encode_snapshot, read_state, write_atomic
+from .stats import Stats
 from .store import Store
 
 __all__ = ["Server"]
@@ -82,6 +83,7 @@ class Server:
         self._backup_generation = 0  # a timer whose generation is stale stops re-arming itself
         self._log_handler: logging.Handler | None = None
         self._tls: ssl.SSLContext | None = None
+        self._stats = Stats()  # uptime, ops/s, the last save (see stats.py)
         self.address: tuple[str, int] | None = None
 
     def __repr__(self) -> str:
@@ -258,17 +260,12 @@ class Server:
         self._call_in_loop(log.rewrite).result()
 
     def info(self) -> dict[str, Any]:
-        """State and counters: tables, connections, and the append-only log (file, policy, size, fsyncs, ...)."""
-        def collect() -> dict[str, Any]:
-            return {"tables": len(self._store), "expiring_keys": self._store.expiring(),
-                    "connections": self._ctx.authenticated if self._ctx else 0,
-                    "unauthenticated": self._ctx.handshaking if self._ctx else 0,
-                    "partial_bytes": self._ctx.partial_bytes if self._ctx else 0,
-                    # pops waiting for an item (pop(timeout=...) on an empty list)
-                    "blocked": sum(len(q) for q in self._ctx.waiters.values()) if self._ctx else 0,
-                    "append_log": self._log.info() if self._log is not None else None,
-                    "backup": {"file": self._backup[0], "cycle": self._backup[1]} if self._backup else None}
-        return self._call_in_loop(collect)
+        """State and counters, as ``proxy.info()`` returns them: version, uptime, memory, connections, commands and
+        ops/s, tables (name -> kind and size), the append-only log, backups and the last save, the newest slow
+        commands (see :meth:`.stats.Stats.report` and README "Operating a running server")."""
+        return self._call_in_loop(lambda: self._stats.report(
+            self._ctx, self._store, self._log, self._backup, self._backup_busy, self.address, self._tls is not None,
+            _rss()))
 
     # ---- persistence -------------------------------------------------------------------------------------------
 
@@ -282,11 +279,17 @@ class Server:
             PersistenceError: the file could not be written; the previous file is intact.
         """
         path = os.fspath(file_name)
-        if self._loop is None:
-            _save(self._store, self._replies, path)
-        else:
-            work = lambda: _save(self._store, self._replies, path)  # noqa: E731 - in the child
-            self._call_in_loop(lambda: run_in_child(work, "saving")[0]).result()
+        started = time.monotonic()
+        try:
+            if self._loop is None:
+                _save(self._store, self._replies, path)
+            else:
+                work = lambda: _save(self._store, self._replies, path)  # noqa: E731 - in the child
+                self._call_in_loop(lambda: run_in_child(work, "saving")[0]).result()
+        except PersistenceError as exc:
+            self._stats.saved(path, started, exc)
+            raise
+        self._stats.saved(path, started, None)
         logger.info("saved %d tables to %s", len(self._store), path)
 
     def load_db(self, file_name: str = "data.cdb") -> None:
@@ -388,7 +391,7 @@ class Server:
             iterations=crypto.PBKDF2_ITERATIONS, encrypt=bool(encrypt), max_con=int(max_con),
             timeout=float(timeout), whitelist=parse_networks(whitelist) if whitelist is not None else None,
             replies=self._replies, log=log, limits=self._limits, slow_after=self._slow_after,
-            max_memory=self._max_memory)
+            max_memory=self._max_memory, info=self.info)
         try:
             sock = socket.create_server(address, family=family, backlog=1024)
         except OSError as exc:
@@ -431,6 +434,7 @@ class Server:
         self._loop = loop
         if self._log is not None:
             self._log.attach(loop)
+        self._stats.start(loop, ctx)
         if install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stop_event.set)
@@ -446,6 +450,7 @@ class Server:
             await self._stop_event.wait()
         finally:
             server.close()
+            self._stats.stop()
             if self._log is not None:  # the last writes reach the disk, and their held replies the clients
                 self._log.close()
                 self._log = ctx.log = None
@@ -460,10 +465,13 @@ class Server:
             self._listener = None
             self.address = None
             if self._backup is not None:
+                started = time.monotonic()
                 try:
                     _save(self._store, self._replies, self._backup[0])
+                    self._stats.saved(self._backup[0], started, None)
                     logger.info("final backup written to %s", self._backup[0])
                 except PersistenceError as exc:  # shutdown goes on; the reason is logged
+                    self._stats.saved(self._backup[0], started, exc)
                     logger.error("final backup to %s failed: %s", self._backup[0], exc)
             logger.info("CyberDB stopped")
 
@@ -479,12 +487,14 @@ class Server:
             return
         path, loop = self._backup[0], self._loop
         self._backup_busy = True
+        started = time.monotonic()
         future, _pid = run_in_child(lambda: _save(self._store, self._replies, path), "backup")
-        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._backup_done, path, f))
+        future.add_done_callback(lambda f: call_soon_safely(loop, self._backup_done, path, f, started))
 
-    def _backup_done(self, path: str, future: concurrent.futures.Future[None]) -> None:
+    def _backup_done(self, path: str, future: concurrent.futures.Future[None], started: float) -> None:
         self._backup_busy = False
         exc = future.exception()
+        self._stats.saved(path, started, exc)
         if exc is not None:  # the previous file is intact; the next cycle tries again
             logger.error("backup to %s failed (the previous file is kept; retried next cycle): %s", path, exc)
         else:
@@ -556,7 +566,7 @@ def _rss() -> int | None:
 
 def _save(store: Store, replies: ReplyCache, path: str) -> None:
     write_atomic(path, encode_snapshot(store.dump(), list(replies.clients()), store.leases(), store.clocks(),
-                                       store.meta()))
+                                       store.meta(), source=path))
 
 
 async def _drained(ctx: ServerContext, timeout: float) -> None:

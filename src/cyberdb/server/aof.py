@@ -52,12 +52,13 @@ from .persist import (
     parse_base,
     write_atomic,
 )
+from .progress import Progress
 from .store import STATUS_OK, Origin, Store
 
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["AppendLog", "Fsync", "LogConfig", "replay_log"]
+__all__ = ["AppendLog", "Fsync", "LogConfig", "call_soon_safely", "replay_log"]
 
 logger = logging.getLogger(__name__)
 _BATCH = BY_NAME["db.batch"].op
@@ -119,8 +120,10 @@ def replay_log(path: str, store: Store, replies: ReplyCache) -> tuple[int, int, 
     clocks: Any = None
     meta: list[Any] = []
     store.replaying = True
+    progress = Progress("replaying", path, len(data))  # a line every few seconds while a big log replays
     try:
-        for offset, kind, start, end in index.entries:
+        for number, (offset, kind, start, end) in enumerate(index.entries):
+            progress.at(offset, number)
             if kind != command:
                 if tables is None:
                     raise PersistenceError(f"{path} is damaged at offset {offset}: a base record after commands")
@@ -167,6 +170,7 @@ def replay_log(path: str, store: Store, replies: ReplyCache) -> tuple[int, int, 
             store.load(tables, leases, clocks, meta)
         for client, ack in last_ack.items():
             replies.restore(client, ack, 0, [])
+        progress.done(len(index.entries))
     finally:
         store.pinned_time = None
         store.replaying = False
@@ -206,6 +210,7 @@ class AppendLog:
         self._always = config.fsync is Fsync.ALWAYS
         self.error: str | None = None  # why the log cannot be written now
         self.records = self.fsyncs = self.rewrites = self.write_errors = 0
+        self.last_fsync: float | None = None  # time.time() of the last fsync that succeeded
         self._open()
 
     def __repr__(self) -> str:
@@ -381,6 +386,7 @@ class AppendLog:
             self._failed(f"cannot fsync {self.path}: {exc}", needs_rewrite=True)
             return False
         self.fsyncs += 1
+        self.last_fsync = time.time()
         self._synced = self._written
         return True
 
@@ -408,7 +414,7 @@ class AppendLog:
         self._syncing = True
         target, loop = self._written, self._loop
         future = self._thread.submit(_fdatasync, self._fd)
-        future.add_done_callback(lambda f: _call_soon(loop, self._synced_to, target, f.exception()))
+        future.add_done_callback(lambda f: call_soon_safely(loop, self._synced_to, target, f.exception()))
 
     def _synced_to(self, target: int, exc: BaseException | None) -> None:
         self._syncing = False
@@ -418,6 +424,7 @@ class AppendLog:
             self._failed(f"cannot fsync {self.path}: {exc}", needs_rewrite=True)
         else:
             self.fsyncs += 1
+            self.last_fsync = time.time()
             self._synced = max(self._synced, target)
 
     def _release(self) -> None:
@@ -481,7 +488,7 @@ class AppendLog:
         rw = self._rewriting = _Rewrite(tmp, time.monotonic(), done)
         future, rw.pid = run_in_child(work, "rewriting the append-only log")
         loop = self._loop
-        future.add_done_callback(lambda f: _call_soon(loop, self._rewritten, rw, f))
+        future.add_done_callback(lambda f: call_soon_safely(loop, self._rewritten, rw, f))
         return done
 
     def _rewritten(self, rw: _Rewrite, future: concurrent.futures.Future[None]) -> None:
@@ -508,7 +515,7 @@ class AppendLog:
                 loop = self._loop
                 assert loop is not None
                 future = self._tail_thread.submit(_write_all, rw.fd, chunk)
-                future.add_done_callback(lambda f: _call_soon(loop, self._tail_written, rw, f.exception()))
+                future.add_done_callback(lambda f: call_soon_safely(loop, self._tail_written, rw, f.exception()))
                 return
             _write_all(rw.fd, chunk)
             _fdatasync(rw.fd)
@@ -615,7 +622,8 @@ class AppendLog:
         """Counters and state, for ``Server.info()``."""
         return {"file": self.path, "fsync": self.config.fsync.value, "size": self._size,
                 "rewriting": self._rewriting is not None, "error": self.error, "records": self.records,
-                "fsyncs": self.fsyncs, "rewrites": self.rewrites, "write_errors": self.write_errors}
+                "fsyncs": self.fsyncs, "last_fsync": self.last_fsync, "rewrites": self.rewrites,
+                "write_errors": self.write_errors}
 
 
 @dataclass(eq=False)
@@ -630,7 +638,7 @@ class _Rewrite:
     tail: list[bytes] = field(default_factory=list)
 
 
-def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+def call_soon_safely(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
     """``loop.call_soon_threadsafe``, from a helper thread, unless the loop has closed meanwhile (shutdown)."""
     try:
         loop.call_soon_threadsafe(fn, *args)

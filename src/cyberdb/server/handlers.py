@@ -393,10 +393,15 @@ def _per_connection(store: Store, channels: Any) -> None:
     raise TypeError("db.subscribe and db.unsubscribe act on a connection: send them on their own")
 
 
+def _db_info(store: Store) -> None:  # the network layer answers it (server/stats.py); not a batch step
+    raise TypeError("db.info reports the server's state: send it on its own, not in a batch or pipeline")
+
+
 HANDLERS: dict[str, Callable[..., Any]] = {
     "db.publish": _db_publish,
     "db.subscribe": _per_connection,
     "db.unsubscribe": _per_connection,
+    "db.info": _db_info,
     "db.slowlog": _db_slowlog,
     "db.batch": _db_batch,
     "db.speculate": _db_speculate,

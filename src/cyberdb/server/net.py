@@ -21,6 +21,7 @@ import collections
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -32,6 +33,7 @@ from ..protocol import ANONYMOUS
 from .admission import Guard, IPNetwork, Limits, address_allowed
 from .aof import AppendLog
 from .dedup import PRUNE_AT, ClientRecord, ReplyCache, stale
+from .stats import info_outcome
 from .store import MAX_NAME_LENGTH, STATUS_OK, Store, WouldBlock, encode_error
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ _SUBSCRIBE, _UNSUBSCRIBE = BY_NAME["db.subscribe"].op, BY_NAME["db.unsubscribe"]
 _PUBSUB = frozenset({_SUBSCRIBE, _UNSUBSCRIBE})
 _IN_SUBSCRIBE_MODE = frozenset({_SUBSCRIBE, _UNSUBSCRIBE, BY_NAME["db.ping"].op})  # Redis allows these too
 _BPOP = BY_NAME["list.bpop"].op  # a pop that may wait for an item (see Waiter)
+_INFO = BY_NAME["db.info"].op  # the server's state (stats.py): answered here, as the store does not know it
+_BY_CONNECTION = _PUBSUB | {_INFO}
 
 
 def refused(log: AppendLog) -> tuple[int, bytes]:
@@ -82,6 +86,8 @@ class ServerContext:
     # blocked pops (see Waiter): per list, first come first served; and by (client id, request id)
     waiters: dict[str, collections.deque[Waiter]] = field(default_factory=dict)
     parked: dict[tuple[bytes, int], Waiter] = field(default_factory=dict)
+    requests_done: int = 0  # requests of the connections that closed (stats.py adds the open ones' to it)
+    info: Callable[[], dict[str, Any]] | None = None  # db.info's report (Server.info)
 
 
 @dataclass(eq=False)
@@ -195,6 +201,7 @@ class ServerConnection(asyncio.Protocol):
             self._ctx.authenticated -= 1
         if self in self._ctx.connections:
             self._ctx.connections.discard(self)
+            self._ctx.requests_done += self.requests
             logger.info("connection from %s closed after %d requests", self._peer, self.requests)
         if self._timer is not None:
             self._timer.cancel()
@@ -635,7 +642,9 @@ class ServerConnection(asyncio.Protocol):
             return session.reply(req_id, error_code(exc), encode_error(exc, spec.name))
         if self._log:
             logger.debug("%s %s %r", self._peer, spec.name, args[:1])
-        if op in _PUBSUB or self._channels:
+        if op in _BY_CONNECTION or self._channels:
+            if op == _INFO and not self._channels:
+                return session.reply(req_id, *info_outcome(self._ctx.info, args))
             pubsub = self._pubsub(spec, args)
             if pubsub is not None:
                 return session.reply(req_id, *pubsub)

@@ -50,6 +50,7 @@ from typing import Any
 from ..codec import decode_value, encode_array, encode_value
 from ..errors import PersistenceError, ProtocolError
 from .meta import check_options
+from .progress import Progress
 from .store import KIND_TYPES, MAX_NAME_LENGTH, Clocks, Lease, MetaRecord
 
 __all__ = ["COMMAND_HEADER", "LOG_HEADER", "Command", "LogIndex", "LogScan", "RecordKind", "State", "base_records",
@@ -75,13 +76,21 @@ class State:
 
 def encode_snapshot(tables: dict[str, Any], clients: Iterable[tuple[bytes, int, int, list[Any]]] = (),
                     leases: list[Lease] | None = None, clocks: Clocks | None = None,
-                    meta: list[MetaRecord] | None = None) -> bytes:
+                    meta: list[MetaRecord] | None = None, source: str = "snapshot") -> bytes:
     """Serialize all tables (and the reply cache, leases and clocks) into the bytes of a snapshot file.
+
+    ``source`` names the file in the progress lines of a long save (see :mod:`.progress`).
 
     Raises:
         PersistenceError: a value cannot be encoded (the server's checks should make this impossible).
     """
-    records = list(base_records(tables, clients, leases or [], clocks, meta or []))
+    records: list[bytes] = []
+    progress, size = Progress("saving", source, len(tables), "tables"), 0
+    for record in base_records(tables, clients, leases or [], clocks, meta or []):  # tables first
+        records.append(record)
+        size += len(record)
+        progress.at(min(len(records), len(tables)), len(records), size)
+    progress.done(len(records), size)
     records.append(frame_record(bytes((RecordKind.END,)) + encode_value(len(records))))
     return _HEADER_V2.pack(MAGIC, FORMAT_VERSION, 0) + b"".join(records)
 
@@ -128,7 +137,9 @@ def _decode_v2(data: bytes, source: str) -> State:
     if scan.torn or not scan.records or scan.records[-1][1] is not RecordKind.END:
         raise PersistenceError(f"{source} is truncated at offset {scan.end}: its end record is missing")
     state = State({}, [], [])
-    for offset, kind, body in scan.records[:-1]:
+    progress = Progress("loading", source, len(data))  # a line every few seconds while a big file loads
+    for number, (offset, kind, body) in enumerate(scan.records[:-1]):
+        progress.at(offset, number)
         where = f"{source} at offset {offset}"
         if kind is RecordKind.TABLE:
             name, content = parse_base(kind, bytes(body), where)
@@ -152,6 +163,7 @@ def _decode_v2(data: bytes, source: str) -> State:
         count = None
     if count != len(scan.records) - 1:
         raise PersistenceError(f"{source} is damaged at offset {offset}: the end record does not match")
+    progress.done(count)
     return state
 
 
