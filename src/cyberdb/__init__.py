@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging as _logging
 
+from . import aio  # cyberdb.aio.connect(...) after a plain `import cyberdb` (asyncio is stdlib)
 from .client import Client, Connection, ConnectionPool, Proxy, connect, from_url
 from .errors import (
     AuthenticationError,
@@ -96,5 +97,6 @@ __all__ = [
     "TimeoutError",
     "WrongTableTypeError",
     "__version__",
+    "aio",
     "connect",
 ]

@@ -60,9 +60,62 @@ _BPOP_OP = BY_NAME["list.bpop"].op  # a pop that may wait on the server (see _ca
 _DB_PING, _DB_CREATE, _DB_CHECK, _DB_TABLES, _DB_DELETE, _DB_BATCH, _DB_SLOWLOG = (
     BY_NAME[n] for n in ("db.ping", "db.create", "db.check", "db.tables", "db.delete", "db.batch", "db.slowlog"))
 _DB_PUBLISH = BY_NAME["db.publish"]
+_DB_INFO = BY_NAME["db.info"]
 
 
-class Client:
+class RequestNumbers:
+    """A client's identity and request numbers (exactly once), shared by :class:`Client` and the asyncio client.
+
+    Subclasses set ``host``, ``port`` and ``retry`` and call ``_new_identity()`` in ``__init__``.
+    """
+
+    host: str
+    port: int
+    retry: Retry
+
+    def _new_identity(self) -> None:
+        # a forked child is another client: its own id, numbers and lock (the parent's lock may be held)
+        self._id_lock = threading.Lock()
+        self._client_id = os.urandom(protocol.CLIENT_ID_SIZE)
+        self._next_request = 1
+        self._in_flight: dict[int, None] = {}
+        self._id_forks, self._id_pid = _forks[0], os.getpid()
+
+    def _identity(self) -> bytes:
+        if self._id_forks != _forks[0] or not _HAVE_FORK_HOOK and self._id_pid != os.getpid():
+            self._new_identity()
+        return self._client_id
+
+    def _begin(self, n: int = 1) -> tuple[int, int]:
+        """Number ``n`` new requests (in flight until ``_end``); return the first number and the current ack."""
+        if self._id_forks != _forks[0] or not _HAVE_FORK_HOOK and self._id_pid != os.getpid():
+            self._new_identity()
+        with self._id_lock:
+            first = self._next_request
+            self._next_request = first + n
+            in_flight = self._in_flight
+            if n == 1:
+                in_flight[first] = None
+            else:
+                in_flight.update(dict.fromkeys(range(first, first + n)))
+            return first, (first if len(in_flight) == n else min(in_flight))
+
+    def _ack(self) -> int:
+        """Every request numbered below this is finished (what the server may forget)."""
+        with self._id_lock:
+            return min(self._in_flight, default=self._next_request)
+
+    def _end(self, first: int, n: int = 1) -> None:
+        if n == 1:  # one dict.pop is atomic under the GIL (and _ack's min() holds the GIL throughout)
+            self._in_flight.pop(first, None)
+            return
+        with self._id_lock:
+            in_flight = self._in_flight
+            for req_id in range(first, first + n):
+                in_flight.pop(req_id, None)
+
+
+class Client(RequestNumbers):
     """A CyberDB client: connection settings plus a shared connection pool.  Make one per process."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 9980, password: str | None = None,
@@ -115,49 +168,6 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<Client {self.host}:{self.port} encrypt={self.encrypt} tls={self.tls is not None} {self.pool!r}>"
-
-    # ---- request numbers (exactly once) ---------------------------------------------------------------------
-
-    def _new_identity(self) -> None:
-        # a forked child is another client: its own id, numbers and lock (the parent's lock may be held)
-        self._id_lock = threading.Lock()
-        self._client_id = os.urandom(protocol.CLIENT_ID_SIZE)
-        self._next_request = 1
-        self._in_flight: dict[int, None] = {}
-        self._id_forks, self._id_pid = _forks[0], os.getpid()
-
-    def _identity(self) -> bytes:
-        if self._id_forks != _forks[0] or not _HAVE_FORK_HOOK and self._id_pid != os.getpid():
-            self._new_identity()
-        return self._client_id
-
-    def _begin(self, n: int = 1) -> tuple[int, int]:
-        """Number ``n`` new requests (in flight until ``_end``); return the first number and the current ack."""
-        if self._id_forks != _forks[0] or not _HAVE_FORK_HOOK and self._id_pid != os.getpid():
-            self._new_identity()
-        with self._id_lock:
-            first = self._next_request
-            self._next_request = first + n
-            in_flight = self._in_flight
-            if n == 1:
-                in_flight[first] = None
-            else:
-                in_flight.update(dict.fromkeys(range(first, first + n)))
-            return first, (first if len(in_flight) == n else min(in_flight))
-
-    def _ack(self) -> int:
-        """Every request numbered below this is finished (what the server may forget)."""
-        with self._id_lock:
-            return min(self._in_flight, default=self._next_request)
-
-    def _end(self, first: int, n: int = 1) -> None:
-        if n == 1:  # one dict.pop is atomic under the GIL (and _ack's min() holds the GIL throughout)
-            self._in_flight.pop(first, None)
-            return
-        with self._id_lock:
-            in_flight = self._in_flight
-            for req_id in range(first, first + n):
-                in_flight.pop(req_id, None)
 
     # ---- public -------------------------------------------------------------------------------------------------
 
@@ -482,6 +492,12 @@ class Proxy(SyncExecutor):
         """The server's slowest recent commands, newest first (see ``Server.set_slowlog``)."""
         return self.call(_DB_SLOWLOG, [] if count is None else [count])  # type: ignore[no-any-return]
 
+    def info(self) -> dict[str, Any]:
+        """The server's state and counters, as ``Server.info()`` returns them (``cyberdb info`` prints them):
+        version, uptime, memory, connections, commands and ops/s, tables (name -> kind and size), the append-only
+        log, backups and the last save, the newest slow commands (keys: README "Operating a running server")."""
+        return self.call(_DB_INFO, [])  # type: ignore[no-any-return]
+
     def print_tables(self, file: TextIO | None = None) -> None:
         """Write one line per table, ``name<TAB>CyberDict|CyberList``, to stdout (or ``file``).
 
@@ -531,13 +547,23 @@ class _Budget:
 
     __slots__ = ("_attempt", "_client", "_error", "_started", "_what")
 
-    def __init__(self, client: Client, what: str, error: type[ConnectionError]) -> None:
+    def __init__(self, client: RequestNumbers, what: str, error: type[ConnectionError]) -> None:
         self._client, self._what, self._error = client, what, error
         self._attempt = 0
         self._started = time.monotonic()
 
     def wait(self, exc: CyberDBError) -> None:
         """Sleep before the next try after ``exc``, or raise ``error`` (from ``exc``) if the budget is spent."""
+        delay = self.delay(exc)
+        if delay:
+            time.sleep(delay)
+
+    def delay(self, exc: CyberDBError) -> float:
+        """Seconds to wait before the next try after ``exc`` (the asyncio client sleeps them with asyncio.sleep).
+
+        Raises:
+            ConnectionError: (the budget's ``error``, from ``exc``) the budget is spent.
+        """
         client = self._client
         elapsed = time.monotonic() - self._started
         delay = client.retry.next_delay(self._attempt, exc, elapsed)
@@ -549,8 +575,7 @@ class _Budget:
             logger.info("%s: CyberDB at %s:%s unreachable, retrying for up to %s s: %s", self._what, client.host,
                         client.port, client.retry.timeout, exc)
         self._attempt += 1
-        if delay:
-            time.sleep(delay)
+        return delay
 
 
 def _as_dict(content: Any) -> dict[Any, Any]:

@@ -19,7 +19,7 @@ and raises ``TypeError``.  Tables of a pipeline are not checked when made: a mis
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,6 +32,7 @@ from .tables import CyberDict, CyberList
 
 if TYPE_CHECKING:
     from .client import Proxy
+    from .connection import Raw
 
 __all__ = ["Pending", "Pipeline"]
 
@@ -181,21 +182,31 @@ class Pipeline:
         Raises:
             BatchAbortedError: (atomic only) a call failed, so none was applied; ``.index`` names it.
         """
+        steps = self._execution()
+        try:
+            requests = next(steps)
+            while True:
+                requests = steps.send(self._proxy.call_many(requests))
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    def _execution(self) -> Generator[list[tuple[int, bytes]], list[Raw], list[Any]]:
+        """``execute`` written once for both clients: yields the ``call_many`` requests, receives their replies."""
         queue, self._queue = self._queue, []
         if self.atomic:
             if queue:
-                self._execute_atomic(queue)
+                yield from self._execute_atomic(queue)
         else:
             rest = queue
             while rest:
-                rest = self._execute_some(rest)
+                rest = yield from self._execute_some(rest)
         self.results = [p._error if p._error is not None else p._value for _s, _a, _b, p in queue]
         return self.results
 
-    def _execute_some(self, queue: list[Queued]) -> list[Queued]:
+    def _execute_some(self, queue: list[Queued]) -> Generator[list[tuple[int, bytes]], list[Raw], list[Queued]]:
         """Send the queue in chunks; return the calls the server left for another request (see batch.py)."""
         chunks = [queue[i:i + PIPELINE_CHUNK] for i in range(0, len(queue), PIPELINE_CHUNK)]
-        raw = self._proxy.call_many([(_PIPELINE.op, _steps_payload(chunk)) for chunk in chunks])
+        raw = yield [(_PIPELINE.op, _steps_payload(chunk)) for chunk in chunks]
         rest: list[Queued] = []
         for chunk, (status, body) in zip(chunks, raw, strict=True):
             if status != protocol.STATUS_OK:  # the request as a whole failed (e.g. too large)
@@ -209,8 +220,8 @@ class Pipeline:
             rest += chunk[len(replies):]
         return rest
 
-    def _execute_atomic(self, queue: list[Queued]) -> None:
-        status, body = self._proxy.call_many([(_BATCH.op, _steps_payload(queue))])[0]
+    def _execute_atomic(self, queue: list[Queued]) -> Generator[list[tuple[int, bytes]], list[Raw], None]:
+        status, body = (yield [(_BATCH.op, _steps_payload(queue))])[0]
         if status == protocol.STATUS_OK:
             for (_spec, _args, _step, pending), value in zip(queue, decode_value(body), strict=True):
                 pending._resolve(protocol.STATUS_OK, value)

@@ -472,7 +472,7 @@ class ListOps(_Table):
         if into is None:
             if timeout is None:
                 return self._run(C["list.pop"], _index(index))
-        elif isinstance(into, CyberList):
+        elif isinstance(into, ListOps) and not isinstance(into, CyberRef):  # a list table, sync or async
             into = into.name
         elif not isinstance(into, str):
             raise TypeError(f"into must be a CyberList or a table name, not {type(into).__name__}")

@@ -71,6 +71,13 @@ class Transaction(SyncExecutor):
 
     def call(self, spec: CommandSpec, args: list[Any], shape: Any = SPEC_REPLY) -> Any:
         """Buffer a write that returns None; run anything else speculatively and log it with its digest."""
+        speculate = self._prepare(spec, args)
+        if speculate is None:
+            return None
+        return self._settle(spec, args, shape, self._proxy.call(_SPECULATE, speculate))
+
+    def _prepare(self, spec: CommandSpec, args: list[Any]) -> list[Any] | None:
+        """Buffer a write that returns None (None), else the arguments of its ``db.speculate`` request."""
         if spec.kind is None:
             raise TypeError(f"{spec.name} cannot be part of a transaction (only table calls can)")
         encode_value(args)  # an unsupported value raises TypeError here, in fn, not at the commit
@@ -79,7 +86,11 @@ class Transaction(SyncExecutor):
             if not spec.returns:
                 self._log.append([spec.op, args])
                 return None
-        status, value, digest = self._proxy.call(_SPECULATE, [[*self._log, [spec.op, args]]])
+        return [[*self._log, [spec.op, args]]]
+
+    def _settle(self, spec: CommandSpec, args: list[Any], shape: Any, reply: Any) -> Any:
+        """Log a speculative call with its digest and return its shaped reply (or raise its error)."""
+        status, value, digest = reply
         self._log.append([spec.op, args, digest])
         if status != protocol.STATUS_OK:
             raise error_from_code(status, tuple(value) if type(value) is list else (str(value),))
@@ -100,9 +111,13 @@ class Transaction(SyncExecutor):
         try:
             self._proxy.call(_BATCH, [self._log])
         except BatchAbortedError as exc:
-            spec = BY_ID[self._log[exc.index][0]]
-            exc.call = f"{spec.name} on table {self._log[exc.index][1][0]!r}"
-            raise exc.error from exc
+            raise self._failed_write(exc) from exc
+
+    def _failed_write(self, exc: BatchAbortedError) -> BaseException:
+        """The error of the buffered write that aborted the commit (``exc`` names the call)."""
+        spec = BY_ID[self._log[exc.index][0]]
+        exc.call = f"{spec.name} on table {self._log[exc.index][1][0]!r}"
+        return exc.error
 
     def _still_valid(self) -> bool:
         """True if every logged reply still holds (run after ``fn`` raised)."""
