@@ -6,7 +6,9 @@ answering GET / with {"code":1,"content":"Hello CyberDB!"}:
 - redis:   apps/redis_app.py, the content from `HGET centre content` on a fresh redis-server;
 - cyberdb: the seed's own cyberdb_init.py, cyberdb_serve.py and app.py, copied unchanged from
            examples/flask_gunicorn/ to a temp dir: `python cyberdb_init.py`, then `python cyberdb_serve.py`
-           (fixed 127.0.0.1:9980, encrypt=True), then Gunicorn with `app:app`.
+           (fixed 127.0.0.1:9980, encrypt=True), then Gunicorn with `app:app`;
+- flaskext: examples/flask_ext/app.py, the seed app written with the Flask extension (cyberdb.flask.CyberDB),
+           against the same cyberdb_serve.py (started once for both), so the two differ only in the app code.
 Each app's answer is checked byte for byte before it is loaded, and again after each load. Then, per round and
 in an order rotated every round, each system gets a discarded wrk warm-up and one measured
 `wrk -t2 -c100 -d15s --latency`; req/s, p50 and p99 are medians over rounds, errors are summed, ratios are
@@ -51,15 +53,18 @@ HERE = Path(__file__).resolve().parent
 APPS = HERE / "apps"
 SEED_DIR = HERE.parent / "examples" / "flask_gunicorn"
 SEED_FILES = ("cyberdb_init.py", "cyberdb_serve.py", "app.py")
+EXT_DIR = HERE.parent / "examples" / "flask_ext"
 SEED_PORT = 9980  # fixed by cyberdb_init.py, cyberdb_serve.py and app.py
 CONTENT = "Hello CyberDB!"
 # What Flask sends for {"code": 1, "content": CONTENT} outside debug mode: compact, sorted keys, newline.
 EXPECTED_BODY = b'{"code":1,"content":"Hello CyberDB!"}\n'
-SYSTEMS = ("nodb", "redis", "cyberdb")
+SYSTEMS = ("nodb", "redis", "cyberdb", "flaskext")
+SEED_SYSTEMS = ("cyberdb", "flaskext")  # both need the seed's server on port 9980
 DOCS = {
     "nodb": "Flask, constant JSON (bench/apps/nodb_app.py)",
     "redis": "Flask + redis-py HGET centre content, module-level client (bench/apps/redis_app.py)",
     "cyberdb": "the seed's app.py + cyberdb_serve.py (encrypt=True), files unchanged",
+    "flaskext": "examples/flask_ext/app.py (the seed app on cyberdb.flask.CyberDB), same cyberdb_serve.py",
 }
 _UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 
@@ -127,8 +132,8 @@ class Seed:
 
     # -- systems --------------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start every selected system and check its answer; cyberdb first, as it may wait for port 9980."""
-        for name in sorted(self.args.systems, key=lambda n: n != "cyberdb"):
+        """Start every selected system and check its answer; the seed's first, as they may wait for port 9980."""
+        for name in sorted(self.args.systems, key=lambda n: n not in SEED_SYSTEMS):
             getattr(self, f"_start_{name}")()
             self.check(name, booting=True)
             print(f"  {name:<8} ready on {HOST}:{self.ports[name]}", file=sys.stderr, flush=True)
@@ -159,10 +164,20 @@ class Seed:
         self._start_app("redis", "redis_app", APPS, {"BENCH_REDIS_PORT": str(port)})
 
     def _start_cyberdb(self) -> None:
+        self._start_app("cyberdb", "app", self._seed_server())
+
+    def _start_flaskext(self) -> None:
+        self._seed_server()
+        self._start_app("flaskext", "app", EXT_DIR)  # its default CYBERDB_URL is the seed's server
+
+    def _seed_server(self) -> Path:
+        """Run the seed's cyberdb_init.py and cyberdb_serve.py once (from a temp dir); return that dir."""
+        workdir = self.tmp / "seed"
+        if workdir.is_dir():
+            return workdir
         waited = wait_port_free(SEED_PORT, self.args.port_wait, "the seed's cyberdb_init.py/cyberdb_serve.py")
         if waited > 0.1:
             print(f"  waited {waited:.1f}s for {HOST}:{SEED_PORT} to be free", file=sys.stderr)
-        workdir = self.tmp / "seed"
         workdir.mkdir()
         for name in SEED_FILES:
             shutil.copyfile(SEED_DIR / name, workdir / name)
@@ -172,7 +187,7 @@ class Seed:
         wait_port_free(SEED_PORT, self.args.port_wait, "cyberdb_serve.py (after cyberdb_init.py exited)")
         server = self.procs.spawn("cyberdb-serve", [self.python, "cyberdb_serve.py"], workdir)
         wait_port(server, SEED_PORT, self.args.start_timeout)
-        self._start_app("cyberdb", "app", workdir)
+        return workdir
 
     def check(self, name: str, booting: bool = False) -> None:
         """GET / must answer 200 application/json with exactly EXPECTED_BODY (`booting`: wait for the app)."""
@@ -256,6 +271,9 @@ class Seed:
         print()
         print("req/s, p50, p99: medians over rounds; errors: wrk's socket errors + responses >= 400, summed;")
         print("vs redis / vs nodb: req/s ratio within each round, median (above 1 = more req/s).")
+        if self.results.get("flaskext") and self.results.get("cyberdb"):
+            print(f"flaskext vs cyberdb (the extension vs the seed's hand-written app): "
+                  f"{_fmt(self.ratio('flaskext', 'cyberdb'))}")
         for name in a.systems:
             rs = self.results[name]
             if any(r.errors for r in rs):

@@ -17,9 +17,10 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any
 
-__all__ = ["DEFAULT_PORT", "SCHEMES", "parse_url"]
+__all__ = ["DEFAULT_PORT", "DEFAULT_URL", "SCHEMES", "parse_url"]
 
 DEFAULT_PORT = 9980
+DEFAULT_URL = "cyberdb://127.0.0.1:9980/"  # what the Flask extension and the cache use when given no URL
 SCHEMES = ("cyberdb", "cyberdbs")
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _FLOATS = ("time_out", "socket_timeout", "table_check_ttl")
