@@ -37,10 +37,27 @@ from .errors import (
 
 __all__ = ["Connection", "ConnectionPool", "TLSConfig", "reply_error", "unreachable"]
 
-# Bumped in a child after fork(): comparing an int per call is cheaper than os.getpid() (a system call).
+# Bumped in a child after fork(): comparing an int per call is cheaper than os.getpid() (a system call). A fork
+# that skips Python's at-fork hooks (uWSGI's workers without py-call-osafterfork) is caught by the pool's pid check
+# instead, which counts it once for the process (note_fork): else the workers would share the client's identity and
+# request numbers, and the server would answer one worker's request with another's cached reply.
 forks = [0]
+_forked_pid = [os.getpid()]
+
+
+def _after_fork() -> None:
+    forks[0] += 1
+    _forked_pid[0] = os.getpid()
+
+
+def note_fork() -> None:
+    """Count a fork the at-fork hook missed (this process has a pid no hook ran for)."""
+    if _forked_pid[0] != os.getpid():
+        _after_fork()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=lambda: forks.__setitem__(0, forks[0] + 1))
+    os.register_at_fork(after_in_child=_after_fork)
 HAVE_FORK_HOOK = hasattr(os, "register_at_fork")
 _RECV_SIZE = 1 << 16
 _PIPELINE_CHUNK = 512 << 10  # request bytes written before reading their replies (the server stops reading a
@@ -338,6 +355,7 @@ class ConnectionPool:
 
     def _check_fork(self) -> None:
         if self._pid != os.getpid():
+            note_fork()  # before new connections are made: they carry the client's (renewed) identity
             inherited = self._idle
             self._reset_state()
             for conn in inherited:  # the parent's sockets: close our copies of the fds, nothing more
