@@ -37,10 +37,10 @@ if TYPE_CHECKING:
 
 __all__ = ["CURSOR_IDLE", "HEAD_BUDGET", "MAX_CURSORS", "SCAN_BUDGET", "Cursors", "scan_dict", "scan_list"]
 
-SCAN_BUDGET = 8 << 20  # encoded bytes of items per reply (the frame limit is 64 MiB)
+SCAN_BUDGET = 1 << 20  # encoded bytes of items per reply: bounds how long one piece holds the server (~5 ms)
 HEAD_BUDGET = 16 << 10  # encoded bytes of items for repr()
 GROUP = 512  # items encoded together; the budget is checked between groups
-WHOLE = 16384  # a table of at most this many items is first tried in one piece (no key snapshot)
+WHOLE = 2048  # a table of at most this many items is first tried in one piece (no key snapshot)
 MAX_CURSORS = 1024
 CURSOR_IDLE = 300.0  # seconds
 _DICT_WHAT = ("items", "keys", "values", "head")
