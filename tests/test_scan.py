@@ -166,9 +166,15 @@ def test_an_80_mib_table_is_iterated_copied_and_printed(plain_server: Any) -> No
         finally:
             proxy.delete_table("huge80")
         lst = proxy.create_cyberlist("huge80l")
+        big = proxy.create_cyberlist("items40", ["w" * (40 << 20)])  # one 40 MiB item: a piece holds at least one
+        try:
+            assert [len(item) for item in big] == [40 << 20]
+        finally:
+            proxy.delete_table("items40")
         try:
             for _ in range(n // 12_000):
                 lst.extend([value] * 12_000)
             assert len(lst.tolist()) == n and repr(lst).endswith("...]")
+            assert sum(len(item) for item in lst) == n * 1000  # iterated in pieces of ~1 MiB
         finally:
             proxy.delete_table("huge80l")

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CyberDict", "CyberList", "CyberRef", "DictOps", "ListOps"]
 
-ITER_CHUNK = 1000  # items per round trip when iterating a CyberList
+ITER_CHUNK = 1000  # items per round trip when iterating a CyberList backwards (forwards: list.scan pieces)
 SORT_ATTEMPTS = 10  # sort(key=...) retries when the list changes between its read and its write-back
 _MISSING: Any = object()
 C = BY_NAME
@@ -354,8 +354,12 @@ class ListOps(_Table):
         return self._now(C["list.contains"], value)  # type: ignore[no-any-return]
 
     def _pieces(self) -> Steps[None]:
-        # by index, in chunks, like list iteration: bounded memory, one round trip per ITER_CHUNK items
+        # by index, in pieces of at most ~1 MiB (list.scan), like list iteration: bounded memory
         return self._chunks_forward()
+
+    @staticmethod
+    def _piece_items(reply: Any) -> Iterable[Any]:
+        return itertools.chain.from_iterable(reply[1])
 
     def _copy_as(self, what: str, finish: Callable[[Any], T], now: bool = True) -> T:
         return self._x.run(self._scan(C["list.scan"], what, finish), now)  # type: ignore[return-value]
@@ -365,10 +369,11 @@ class ListOps(_Table):
         # sees items appended while it runs, until it has ended (one more round trip per iteration)
         start = 0
         while True:
-            chunk = yield self._step(C["list.getslice"], start, start + ITER_CHUNK, None)
-            if not chunk:
+            _next, parts = yield self._step(C["list.scan"], start, "list")
+            count = sum(len(part) for part in parts)
+            if not count:
                 return
-            start += len(chunk)
+            start += count
 
     def __reversed__(self) -> Iterator[Any]:
         replies = self._x.stream(self._chunks_backward())
