@@ -6,7 +6,9 @@ Usage:
     python3 dev.py bench [ARGS...]         exec bench/run
 
 `test` and `demo` first create .venv (`python3 -m venv .venv`) when it is missing and run
-`pip install -e ".[dev]"` into it unless .venv holds a stamp with the current pyproject.toml hash.
+`pip install -e ".[dev]"` into it unless .venv holds a stamp with the current pyproject.toml hash. `test` also
+makes sure redis-server and redis-cli are on PATH (the Redis backend's tests start real servers): as root it runs
+`apt-get install -y -q redis-server` (Debian's package) when they are missing, otherwise it says how to install them.
 
 This file has to work before the package is installed, so it never imports cyberdb. It owns the process
 handling of the seed deployment (a new session per process, readiness by connecting to the TCP port or
@@ -482,11 +484,53 @@ def ensure_venv() -> Path:
     return python
 
 
+# --- Redis, for the Redis backend's tests --------------------------------------------------------------
+
+REDIS_TOOLS = ("redis-server", "redis-cli")
+APT_TIMEOUT = 900.0  # seconds for one apt-get run on a slow mirror
+
+
+def _apt_get(*args: str) -> bool:
+    """Run `apt-get ARGS` non-interactively (bounded); tell whether it succeeded."""
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        done = subprocess.run(["apt-get", *args], env=env, stdin=subprocess.DEVNULL, timeout=APT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return False
+    return done.returncode == 0
+
+
+def ensure_redis() -> None:
+    """Make sure redis-server and redis-cli are on PATH; as root, install Debian's redis-server package if not.
+
+    Raises:
+        DevError: they are missing and cannot be installed here (not root, no apt-get, or apt-get failed).
+    """
+    missing = " and ".join(tool for tool in REDIS_TOOLS if shutil.which(tool) is None)
+    if not missing:
+        return
+    hint = "install them first: sudo apt-get install -y redis-server (Debian/Ubuntu; brings redis-cli too)"
+    if os.geteuid() != 0:
+        raise DevError(f"the Redis tests need {missing}, not found on PATH; {hint}")
+    if shutil.which("apt-get") is None:
+        raise DevError(f"the Redis tests need {missing}, not found on PATH, and there is no apt-get; {hint}")
+    say(f"installing redis-server (apt-get): {missing} not found on PATH")
+    # as bench/run: a fresh machine's package lists may be stale or empty, so update only when install fails
+    if not _apt_get("install", "-y", "-q", "redis-server") and not (
+        _apt_get("update", "-q") and _apt_get("install", "-y", "-q", "redis-server")
+    ):
+        raise DevError("apt-get install -y -q redis-server failed (see its output above)")
+    missing = " and ".join(tool for tool in REDIS_TOOLS if shutil.which(tool) is None)
+    if missing:
+        raise DevError(f"apt-get installed redis-server but {missing} is still not on PATH")
+
+
 # --- commands --------------------------------------------------------------------------------------------
 
 
 def cmd_test(pytest_args: Sequence[str]) -> int:
     """Run ruff, mypy --strict and pytest in the venv; return 1 if any of them failed."""
+    ensure_redis()
     python = ensure_venv()
     steps = [
         ("ruff", ["ruff", "check", "."]),

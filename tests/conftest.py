@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis_servers import RedisCluster, RedisServer
 
 import cyberdb
 
@@ -214,3 +215,29 @@ def proxy(client: cyberdb.Client) -> Iterator[cyberdb.Proxy]:
 def name() -> str:
     """A table name no other test uses."""
     return f"t-{uuid.uuid4().hex[:12]}"
+
+
+# --- Redis (issue 11): real redis-server processes and Redis Clusters, from tests/redis_servers.py ---------------
+
+REDIS_HA_NODE_TIMEOUT_MS = 1000  # failover tests: a replica takes over about 1-2 s after this
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server on a free loopback port (no password, no RDB/AOF), stopped by PID after the module."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A Redis Cluster of 3 masters without replicas (node timeout 2 s), stopped by PID after the module."""
+    with RedisCluster(masters=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster_ha() -> Iterator[RedisCluster]:
+    """A Redis Cluster of 3 masters with one replica each (node timeout 1 s), new for each failover test."""
+    with RedisCluster(masters=3, replicas=1, node_timeout_ms=REDIS_HA_NODE_TIMEOUT_MS) as cluster:
+        yield cluster
