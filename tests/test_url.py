@@ -30,7 +30,7 @@ def test_parse_url(url: str, expected: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(("url", "message"), [
-    ("redis://h:6379/0", "starts with cyberdb://"),
+    ("http://h:6379/", "starts with cyberdb://"),
     ("h:9980", "starts with cyberdb://"),
     ("cyberdb://h/0", "has no path"),
     ("cyberdb://h/?encrpt=1", "unknown option 'encrpt'"),

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO, TypeVar, cast
 
 from . import protocol
 from .codec import encode_value
@@ -191,6 +191,9 @@ def connect(host: str = "127.0.0.1", port: int = 9980, password: str | None = No
             time_out: float | None = None, **options: Any) -> Client:
     """Create a client and check the settings by opening its first pooled connection.
 
+    ``host`` may also be a URL of the Redis backend (``redis://``, ``rediss://``, ``redis-cluster://``): then a
+    :class:`cyberdb.backend_redis.RedisBackendClient` is returned (docs/redis-backend.md).
+
     Args:
         host, port: the server's address.
         password: the server's password (never sent on the wire).
@@ -205,6 +208,10 @@ def connect(host: str = "127.0.0.1", port: int = 9980, password: str | None = No
         ConnectionError: the server cannot be reached or refused the connection, or TLS failed (at once: this
             settings check does not wait out a restart, unlike ``proxy.connect()`` and every call afterwards).
     """
+    if _redis_url(host):  # the Redis backend (issue 11): a RedisBackendClient, duck-typed as a Client
+        from .backend_redis import connect as redis_connect
+
+        return cast(Client, redis_connect(host, **_redis_options(password, options)))
     client = Client(host, port, password, encrypt, time_out, **options)
     client.pool.release(client.pool.get())
     return client
@@ -213,16 +220,34 @@ def connect(host: str = "127.0.0.1", port: int = 9980, password: str | None = No
 def from_url(url: str, **options: Any) -> Client:
     """A client configured by a connection URL, e.g. ``cyberdb://:secret@db.internal:9980/?encrypt=1``.
 
-    Like ``redis.from_url`` (and unlike ``connect``) this opens no connection: settings errors surface at the first
-    call, so an app can be imported while its server is down.  The URL's form and options are described in
-    :mod:`cyberdb.url`; keyword ``options`` override the URL's (any argument of :class:`Client`).
+    A ``redis://``, ``rediss://`` or ``redis-cluster://`` URL gives a client of the Redis backend instead
+    (docs/redis-backend.md).  Like ``redis.from_url`` (and unlike ``connect``) this opens no connection: settings
+    errors surface at the first call, so an app can be imported while its server is down.  The URL's form and
+    options are described in :mod:`cyberdb.url`; keyword ``options`` override the URL's (any argument of
+    :class:`Client`).
 
     Raises:
         ValueError: a malformed URL or an unknown option.
     """
+    if _redis_url(url):  # the Redis backend (issue 11): a RedisBackendClient, duck-typed as a Client
+        from .backend_redis import from_url as redis_from_url
+
+        return cast(Client, redis_from_url(url, **options))
     settings = parse_url(url)
     settings.update(options)
     return Client(**settings)
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "redis-cluster", "rediss-cluster")
+
+
+def _redis_url(target: Any) -> bool:
+    """Whether ``target`` is a URL of the Redis backend (``redis://``, ``rediss://``, ``redis-cluster://``)."""
+    return isinstance(target, str) and target.partition("://")[0] in _REDIS_SCHEMES and "://" in target
+
+
+def _redis_options(password: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    return options if password is None else {**options, "password": password}
 
 
 class Proxy(SyncExecutor):
