@@ -4,7 +4,8 @@
 progress of long loads and saves, backups; ``--log`` adds connections and commands); ``cyberdb check FILE`` and
 ``cyberdb dump FILE`` inspect a snapshot or an append-only log (see :mod:`cyberdb.server.inspect`); ``cyberdb
 info`` prints a running server's state (``proxy.info()``), ``cyberdb shell`` opens a Python prompt connected to
-it, ``cyberdb slowlog`` prints its slow commands; ``cyberdb --version`` prints ``cyberdb <version>``.
+it, ``cyberdb slowlog`` prints its slow commands, ``cyberdb copy SOURCE DEST`` copies tables between servers, Redis
+and snapshot files (see :mod:`cyberdb.migrate`); ``cyberdb --version`` prints ``cyberdb <version>``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from . import __version__
 from .client import Client, Proxy, connect
 from .errors import CyberDBError, PersistenceError
+from .migrate import DEFAULT_CHUNK, CopyEvent, Phase, copy_tables, open_store
 from .server import Server
 from .server.inspect import inspect_file
 from .url import parse_url
@@ -53,6 +55,17 @@ are plain JSON; other values are one-key objects: {"$int": "digits"}, {"$float":
 ISO 8601}, {"$timedelta": [days, seconds, microseconds]}, {"$uuid": "..."}, {"$complex": [real, imag]}; a dict
 is a JSON object only if its keys are strs none of which starts with "$", else {"$dict": [[key, value], ...]},
 so an object with a "$" key is always a tag. cyberdb.server.inspect.from_json(json.loads(line)) reads it back."""
+
+_COPY_HELP = """\
+Copy tables from SOURCE_URL to DEST_URL, then read each one back and compare it with what was read.
+A URL is cyberdb://[:PASSWORD@]HOST[:PORT]/ (or cyberdbs://; the password defaults to $CYBERDB_PASSWORD),
+redis://HOST:PORT/DB, rediss://..., redis-cluster://H1:P1,H2:P2/ (the Redis backend, docs/redis-backend.md), or a
+snapshot file (data.cdb or file:///path/data.cdb); a snapshot destination is written whole at the end.
+A table that exists at the destination is refused before anything is written, unless --replace.  Each table is
+held in this process's memory while it is copied; key expiries and maxsize/maxlen bounds are not copied.
+Progress goes to stderr, e.g. "copying centre (CyberDict, 12,000 items) ... 50% ... done".
+Exit status: 0 if every table was copied and reads back equal, 1 if one differs or the copy failed (a refusal
+writes nothing), 2 for a usage error (a malformed URL, --tag for a destination other than Redis, --chunk < 1)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +134,19 @@ def main(argv: list[str] | None = None) -> int:
                            "stdin, so it can be scripted (no prompts are printed when stdin is not a terminal); "
                            "EOF (Ctrl-D) or exit() closes the proxy and the client.")
     _connection_options(shell)
+    copy = sub.add_parser("copy", help="copy tables between CyberDB servers, Redis (Cluster) and snapshot files",
+                          description=_COPY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    copy.add_argument("source", metavar="SOURCE_URL")
+    copy.add_argument("dest", metavar="DEST_URL")
+    copy.add_argument("--tables", metavar="A,B", help="copy only these tables (default: all)")
+    copy.add_argument("--replace", action="store_true",
+                      help="delete these tables at the destination first (a snapshot file: overwrite it)")
+    copy.add_argument("--tag", metavar="NAME", help="Redis destination: put all copied tables in this hash slot")
+    copy.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, metavar="N",
+                      help=f"items per write request (default: {DEFAULT_CHUNK})")
     args = parser.parse_args(argv)
+    if args.command == "copy":
+        return _copy(args)
     if args.command in ("check", "dump"):
         return _inspect(args.command, args.file, args.state if args.command == "dump" else False)
     if args.command in ("slowlog", "info", "shell"):
@@ -376,6 +401,66 @@ def _shell(settings: dict[str, Any]) -> int:
             else:
                 setattr(sys, attr, value)
     return status
+
+
+def _copy(args: argparse.Namespace) -> int:
+    names = [name for name in args.tables.split(",") if name] if args.tables is not None else None
+    if names is not None and not names:
+        print("cyberdb: --tables names no table", file=sys.stderr)
+        return 2
+    if args.chunk < 1:
+        print("cyberdb: --chunk must be at least 1", file=sys.stderr)
+        return 2
+    password = os.environ.get("CYBERDB_PASSWORD")
+    stores = []
+    progress = _CopyProgress()
+    try:
+        for url in (args.source, args.dest):
+            stores.append(open_store(url, password))
+        report = copy_tables(stores[0], stores[1], names, replace=args.replace, tag=args.tag, chunk=args.chunk,
+                             progress=progress)
+    except ValueError as exc:
+        print(f"cyberdb: {exc}", file=sys.stderr)
+        return 2
+    except CyberDBError as exc:
+        print(f"\ncyberdb: {exc}" if progress.open_line else f"cyberdb: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for store in stores:
+            store.close()
+    for name in report.mismatched:
+        print(f"cyberdb: table {_name(name)} differs at the destination after the copy", file=sys.stderr)
+    verdict = f"{len(report.mismatched)} differ" if report.mismatched else "all equal"
+    print(f"copied {len(report.copied)} table(s) from {stores[0].description} to {stores[1].description}, "
+          f"verified: {verdict}", file=sys.stderr)
+    return 1 if report.mismatched else 0
+
+
+class _CopyProgress:
+    """Writes ``copying NAME (CyberDict, 12,000 items) ... 50% ... done`` lines to stderr (a step every 10%)."""
+
+    def __init__(self) -> None:
+        self._shown = 0
+        self.open_line = False  # a line was started and not ended (an error message then begins on a new line)
+
+    def __call__(self, event: CopyEvent) -> None:
+        if event.phase is Phase.START:
+            self._shown = 0
+            self._write(f"copying {_name(event.table)} ({event.kind}, {event.items:,} items) ...")
+            self.open_line = True
+        elif event.phase is Phase.CHUNK and event.items and event.copied < event.items:
+            percent = event.copied * 100 // event.items // 10 * 10
+            if percent > self._shown:
+                self._shown = percent
+                self._write(f" {percent}% ...")
+        elif event.phase is Phase.DONE:
+            self._write(" done\n")
+            self.open_line = False
+
+    @staticmethod
+    def _write(text: str) -> None:
+        sys.stderr.write(text)
+        sys.stderr.flush()
 
 
 def _inspect(command: str, path: str, state: bool) -> int:
