@@ -293,7 +293,7 @@ def test_closed_proxy_and_unsupported_features(rclient: RedisBackendClient, name
     lst = proxy.create_cyberlist(name + "-l")
     try:
         cases: list[tuple[str, Callable[[], Any]]] = [
-            ("pipeline()", proxy.pipeline),
+            ("pipeline(atomic=True)", lambda: proxy.pipeline(atomic=True)),
             ("transact()", lambda: proxy.transact(lambda tx: None)),
             ("lock()", lambda: proxy.lock("x")),
             ("publish()", lambda: proxy.publish("c", 1)),

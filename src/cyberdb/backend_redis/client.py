@@ -37,6 +37,7 @@ from ..executor import SPEC_REPLY, SyncExecutor
 from ..tables import CyberDict, CyberList
 from .layout import REGISTRY_KEYS, REGISTRY_SLOT, TableKeys, table_keys
 from .paths import run_at_path
+from .pipeline import RedisPipeline
 from .plans import PLANS, element, encode_key
 from .routing import ClusterRouter, Router, SingleRouter, parse_cluster_url
 
@@ -214,7 +215,10 @@ class RedisBackendProxy(SyncExecutor):
 
     def check_table(self, t: TableKeys) -> None:
         """Raise TableNotFoundError/WrongTableTypeError unless ``t`` exists with its kind (after a read missed)."""
-        kind = self._router.execute(t.slot, "GET", t.m)
+        self.check_kind(t, self._router.execute(t.slot, "GET", t.m))
+
+    def check_kind(self, t: TableKeys, kind: bytes | None) -> None:
+        """Raise as ``check_table`` for ``kind``, the reply of ``GET m`` (None: the table is gone)."""
         if kind is None:
             self._tables.pop(t.name, None)
             raise TableNotFoundError(f"no table named {t.name!r}")
@@ -400,9 +404,18 @@ class RedisBackendProxy(SyncExecutor):
 
     # ---- not supported yet ----------------------------------------------------------------------------------------
 
-    def pipeline(self, atomic: bool = False) -> NoReturn:
-        """Not supported on the Redis backend yet."""
-        _unsupported("pipeline(atomic=True)" if atomic else "pipeline()")
+    def pipeline(self, atomic: bool = False) -> RedisPipeline:
+        """Queue calls and send them together, grouped per node (see :mod:`.pipeline`).
+
+        Raises:
+            NotSupportedError: ``atomic=True`` (all-or-nothing batches are not supported yet).
+            DisconnectedError: the proxy is closed.
+        """
+        if atomic:
+            _unsupported("pipeline(atomic=True)")
+        if not self._connected:
+            raise DisconnectedError(_CLOSED)
+        return RedisPipeline(self)
 
     def transact(self, fn: Callable[..., Any], retries: int = 10) -> NoReturn:
         """Not supported on the Redis backend yet."""

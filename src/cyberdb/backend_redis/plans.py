@@ -392,7 +392,15 @@ def _rewrite(r: Runner, t: TableKeys, change: Callable[[list[Any]], Any]) -> Any
     """Run ``change`` on a copy of the list and write it back if the list did not change meanwhile."""
     for _ in range(CAS_ATTEMPTS):
         version, items = _list_snapshot(r, t)
-        result = change(items)  # Python's own errors, before anything is written
+        before = list(items)
+        try:
+            result = change(items)  # Python's own errors
+        except Exception:
+            # a sort that failed half-way leaves the list partly sorted, on the server as in Python: store that
+            changed = len(items) != len(before) or any(a is not b for a, b in zip(items, before, strict=True))
+            if changed and not _list_replace_if(r, t, version, items):
+                continue
+            raise
         if _list_replace_if(r, t, version, items):
             return result
     raise ConcurrentModificationError(f"CyberList {t.name!r} kept changing under a read-modify-write")

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import urllib.parse
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -24,7 +25,7 @@ from redis.retry import Retry
 
 from ..errors import ServerError, TimeoutError
 
-__all__ = ["ClusterRouter", "LIBRARY", "Router", "SingleRouter", "parse_cluster_url"]
+__all__ = ["LIBRARY", "ClusterRouter", "Router", "Sent", "SingleRouter", "parse_cluster_url"]
 
 logger = logging.getLogger(__name__)
 LIBRARY = resources.files(__package__).joinpath("library.lua").read_text(encoding="utf-8")
@@ -32,6 +33,7 @@ SLOTS = 16384
 REDIRECTS = 8  # MOVED in a row for one command before giving up
 UNAVAILABLE_FOR = 5.0  # seconds a command waits out TRYAGAIN/CLUSTERDOWN (a slot migrating, a failover)
 _NO_FUNCTION = "function not found"
+_ASKING = b"*1\r\n$6\r\nASKING\r\n"
 
 
 def _run(node: Any, *args: Any) -> Any:
@@ -54,6 +56,15 @@ def _missing_function(exc: ResponseError) -> bool:
     return _NO_FUNCTION in str(exc).lower()
 
 
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """Commands sent to one node by ``Router.send_many``, whose replies ``read_many`` reads."""
+
+    pool: Any
+    conn: Any
+    asking: list[bool]
+
+
 class Router:
     """Runs commands on the right Redis node."""
 
@@ -72,6 +83,85 @@ class Router:
     def node_of(self, slot: int | None) -> tuple[str, int]:  # pragma: no cover
         """The ``(host, port)`` of the master serving ``slot``."""
         raise NotImplementedError
+
+    def _client(self, addr: tuple[str, int]) -> redis.Redis:  # pragma: no cover
+        raise NotImplementedError
+
+    def refresh(self) -> None:
+        """Read the slot map again (nothing to read on one server)."""
+
+    def send_many(self, addr: tuple[str, int], commands: list[tuple[tuple[Any, ...], bool]]) -> Sent:
+        """Send ``commands`` (``(args, asking)``) to node ``addr`` as one plain pipeline (no MULTI); ``read_many``
+        then reads each command's reply or its error (a ``ResponseError``: MOVED, ASK, TRYAGAIN, a library error).
+        Sending to every node before reading from any lets the nodes work at the same time.
+
+        ``asking``: ``ASKING`` goes right before that command, on the same connection (its reply is dropped).
+
+        Raises:
+            redis.ConnectionError, redis.TimeoutError: the node is unreachable (nothing, or part, was sent).
+        """
+        # what redis-py's Pipeline(transaction=False) does, minus its per-command cost (its generic packer is
+        # most of a pipelined call's time): our commands are packed here, the replies read raw (no response
+        # callbacks: the plans read HEXISTS/LLEN/... replies as ints), errors returned in place
+        pool = self._client(addr).connection_pool
+        conn: Any  # (redis-py's connections are untyped)
+        try:
+            conn = pool.get_connection()
+        except TypeError:  # redis-py < 5.3 wants a command name
+            conn = pool.get_connection("PIPELINE")  # type: ignore[call-arg,unused-ignore]
+        try:
+            encode = conn.encoder.encode
+            chunks: list[bytes] = []
+            for args, asking in commands:
+                if asking:
+                    chunks.append(_ASKING)
+                parts = [b"*%d\r\n" % len(args)]
+                for arg in args:
+                    raw = arg if type(arg) is bytes else encode(arg)
+                    parts.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+                chunks.append(b"".join(parts))
+            conn.send_packed_command([b"".join(chunks)], check_health=False)
+        except BaseException:
+            conn.disconnect()
+            pool.release(conn)
+            raise
+        return Sent(pool, conn, [asking for _args, asking in commands])
+
+    def read_many(self, sent: Sent) -> list[Any]:
+        """The replies of ``send_many``, in order (see there).
+
+        Raises:
+            redis.ConnectionError, redis.TimeoutError: the node's replies were lost (some commands may have run).
+        """
+        conn = sent.conn
+        try:
+            replies: list[Any] = []
+            for asking in sent.asking:
+                if asking:
+                    try:
+                        conn.read_response()
+                    except ResponseError:
+                        pass  # (then the command's own reply says what happened)
+                try:
+                    replies.append(conn.read_response())
+                except ResponseError as exc:  # read whole: the connection stays in step
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            conn.disconnect()  # replies may be left unread: never reuse this connection
+            raise
+        finally:
+            sent.pool.release(conn)
+
+    def discard(self, sent: Sent) -> None:
+        """Give up the replies of ``send_many`` (the connection is closed, never reused out of step)."""
+        sent.conn.disconnect()
+        sent.pool.release(sent.conn)
+
+    def load_library_on(self, addr: tuple[str, int]) -> None:
+        """Load (or replace) the function library on node ``addr``."""
+        logger.info("loading the CyberDB function library on %s:%s", *addr)
+        _run(self._client(addr), "FUNCTION", "LOAD", "REPLACE", LIBRARY)
 
 
 class SingleRouter(Router):
@@ -111,6 +201,9 @@ class SingleRouter(Router):
     def node_of(self, slot: int | None) -> tuple[str, int]:
         """The server's address."""
         return self._addr
+
+    def _client(self, addr: tuple[str, int]) -> redis.Redis:
+        return self._redis
 
 
 def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
@@ -178,6 +271,9 @@ class ClusterRouter(Router):
                 if node is None:
                     node = self._nodes[addr] = redis.Redis(host=addr[0], port=addr[1], **_no_retries(self._options))
         return node
+
+    def _client(self, addr: tuple[str, int]) -> redis.Redis:
+        return self._node(addr)
 
     def refresh(self) -> None:
         """Read the slot map from the first node that answers (known masters first, then the seeds).
