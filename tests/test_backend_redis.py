@@ -622,3 +622,16 @@ def test_redis_refusing_a_write_raises_a_cyberdb_error(redis_server: RedisServer
             proxy.delete_table(name)
     finally:
         client.close()
+
+
+def test_a_redis_url_to_a_cluster_node_says_to_use_redis_cluster(redis_cluster: RedisCluster) -> None:
+    """redis:// names one server; pointed at a cluster node that does not own the registry's slot, the first
+    command gets MOVED: a clear ConnectionError naming redis-cluster://, nothing written."""
+    owner = redis_cluster.node_for_key("cy:{cy}:registry")
+    other = next(n for n in redis_cluster.masters if (n.host, n.port) != (owner.host, owner.port))
+    client = cyberdb.from_url(f"redis://{other.host}:{other.port}/0")
+    try:
+        with client.get_proxy() as proxy, pytest.raises(cyberdb.ConnectionError, match="redis-cluster://"):
+            proxy.tables()
+    finally:
+        client.close()

@@ -23,7 +23,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AskError, ClusterDownError, MovedError, ResponseError, TryAgainError
 from redis.retry import Retry
 
-from ..errors import ServerError, TimeoutError
+from ..errors import ConnectionError, ServerError, TimeoutError
 
 __all__ = ["LIBRARY", "ClusterRouter", "Router", "Sent", "SingleRouter", "parse_cluster_url"]
 
@@ -183,6 +183,9 @@ class SingleRouter(Router):
             if not _readonly(args):
                 raise  # a write may have run: never sent twice
             return _run(self._redis, *args)
+        except MovedError as exc:  # nothing ran: this server is one node of a cluster
+            raise ConnectionError(f"{self._addr[0]}:{self._addr[1]} is a node of a Redis Cluster (MOVED {exc}): "
+                                  f"connect with redis-cluster://{self._addr[0]}:{self._addr[1]}/") from None
         except ResponseError as exc:
             if not _missing_function(exc):
                 raise
