@@ -295,7 +295,6 @@ def test_closed_proxy_and_unsupported_features(rclient: RedisBackendClient, name
         cases: list[tuple[str, Callable[[], Any]]] = [
             ("pipeline(atomic=True)", lambda: proxy.pipeline(atomic=True)),
             ("transact()", lambda: proxy.transact(lambda tx: None)),
-            ("lock()", lambda: proxy.lock("x")),
             ("publish()", lambda: proxy.publish("c", 1)),
             ("dict.set with a ttl", lambda: d.set("k", 1, ttl=5)),
             ("dict.expire", lambda: d.expire("k", 5)),

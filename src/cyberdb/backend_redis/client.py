@@ -34,11 +34,12 @@ from ..errors import (
     WrongTableTypeError,
 )
 from ..executor import SPEC_REPLY, SyncExecutor
+from ..lock import Lock
 from ..tables import CyberDict, CyberList
 from .layout import REGISTRY_KEYS, REGISTRY_SLOT, TableKeys, table_keys
 from .paths import run_at_path
 from .pipeline import RedisPipeline
-from .plans import PLANS, element, encode_key
+from .plans import LOCK_PLANS, PLANS, element, encode_key
 from .routing import ClusterRouter, Router, SingleRouter, parse_cluster_url
 
 __all__ = ["SCHEMES", "NotSupportedError", "RedisBackendClient", "RedisBackendProxy", "connect", "from_url"]
@@ -169,11 +170,23 @@ class RedisBackendProxy(SyncExecutor):
         """Run one command now and return its shaped result."""
         if not self._connected:
             raise DisconnectedError(_CLOSED)
-        plan = run_at_path if spec.path else PLANS.get(spec.name)
-        if plan is None or spec.kind is None:
+        plan: Callable[..., Any] | None = run_at_path if spec.path else PLANS.get(spec.name)
+        if spec.kind is None and spec.name in LOCK_PLANS:
+            plan = LOCK_PLANS[spec.name]
+        elif plan is None or spec.kind is None:
             _unsupported(f"{spec.name} (this command)")
-        if not spec.min_args <= len(args) - 1 <= spec.max_args:
-            raise TypeError(f"{spec.name} takes {spec.min_args}..{spec.max_args} arguments, got {len(args) - 1}")
+        given = len(args) - (spec.kind is not None)  # a table command's first argument is the table
+        if not spec.min_args <= given <= spec.max_args:
+            raise TypeError(f"{spec.name} takes {spec.min_args}..{spec.max_args} arguments, got {given}")
+        if spec.kind is None:  # a lock: no table, the slot of the lock's own name
+            try:
+                with _mapped(spec.name):
+                    result = plan(self._router.execute, *args)
+            except ResponseError as exc:
+                raise ServerError(f"Redis: {exc}") from None
+            if shape is SPEC_REPLY:
+                shape = spec.reply
+            return result if shape is None else shape(result)
         cached = type(args[0]) is str and args[0] in self._tables
         t = self._table(args[0], None if spec.path else spec.kind)  # a path may start in a table of either kind
         try:
@@ -402,6 +415,19 @@ class RedisBackendProxy(SyncExecutor):
         """The ``(host, port)`` of the master holding table ``table_name``."""
         return self._router.node_of(self._lookup(table_name).slot)
 
+    def lock(self, name: str, ttl: float = 10, timeout: float | None = None) -> Lock:
+        """A lock shared by every client of this Redis (or cluster): ``with proxy.lock("job", ttl=10) as lock:``.
+
+        The same :class:`cyberdb.lock.Lock` as on the server, its commands run by library functions in the slot
+        of ``name`` (see docs/redis-backend.md: tokens are unique while the lock's master keeps its data).
+
+        Args:
+            name: the lock's name (locks have their own namespace, apart from tables).
+            ttl: the lease in seconds; the lock frees itself this long after the holder stops extending it.
+            timeout: how long ``acquire`` (and ``with``) waits; None waits as long as it takes.
+        """
+        return Lock(self, name, ttl, timeout)  # type: ignore[arg-type]
+
     # ---- not supported yet ----------------------------------------------------------------------------------------
 
     def pipeline(self, atomic: bool = False) -> RedisPipeline:
@@ -420,10 +446,6 @@ class RedisBackendProxy(SyncExecutor):
     def transact(self, fn: Callable[..., Any], retries: int = 10) -> NoReturn:
         """Not supported on the Redis backend yet."""
         _unsupported("transact()")
-
-    def lock(self, name: str, ttl: float = 10, timeout: float | None = None) -> NoReturn:
-        """Not supported on the Redis backend yet."""
-        _unsupported("lock()")
 
     def publish(self, channel: str, value: Any) -> NoReturn:
         """Not supported on the Redis backend yet."""

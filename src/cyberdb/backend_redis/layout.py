@@ -8,6 +8,9 @@ slot of ``TAG`` (the table's name unless created with ``tag=``) and two tables n
   differ (keeps the first-inserted key's type), ``o`` zset of canons scored by insertion, ``n`` the counter;
 - a CyberList: ``l`` one Redis list of ``canon.element(x)``, ``n`` its version (bumped by every write).
 
+A lock (``proxy.lock(name)``) is ``cy:lock:{NAME}`` (its holder's token, expiring with the lease) and
+``cy:lock:{NAME}:fence`` (its token counter), in the slot of the lock's own name.
+
 The registry (name -> kind and tag, in creation order) lives in the slot of the fixed tag ``{cy}``: on a cluster
 it is on one master, apart from the tables (see docs/redis-backend.md).  A tag holding ``{`` or ``}`` (which would
 end the hash tag early) is replaced by a digest of itself.
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 
 from redis.crc import key_slot
 
-__all__ = ["REGISTRY_KEYS", "REGISTRY_SLOT", "TableKeys", "key_tag", "table_keys"]
+__all__ = ["REGISTRY_KEYS", "REGISTRY_SLOT", "TableKeys", "key_tag", "lock_keys", "table_keys"]
 
 REGISTRY_KEYS = (b"cy:{cy}:registry", b"cy:{cy}:registry-order", b"cy:{cy}:registry-count")
 REGISTRY_SLOT = key_slot(REGISTRY_KEYS[0])
@@ -70,3 +73,9 @@ def table_keys(name: str, kind: str, tag: str) -> TableKeys:
     prefix = b"cy:{" + key_tag(tag) + b"}:" + name.encode("utf-8", "surrogatepass") + b":"
     return TableKeys(name, kind, tag, key_slot(prefix + b"m"), prefix + b"m", prefix + b"v", prefix + b"k",
                      prefix + b"o", prefix + b"n", prefix + b"l")
+
+
+def lock_keys(name: str) -> tuple[int, list[bytes]]:
+    """The hash slot and the keys (the lock, its fence) of lock ``name``."""
+    lock = b"cy:lock:{" + key_tag(name) + b"}"
+    return key_slot(lock), [lock, lock + b":fence"]

@@ -500,3 +500,26 @@ redis.register_function{function_name = 'cy_registry_list', flags = {'no-writes'
   end
   return out
 end}
+
+-- ---- locks: KEYS = the lock (its holder's token, with the lease as its expiry), its fence (the token counter) --
+-- Both keys carry the lock's name as hash tag, so they share a slot.  Tokens grow with every acquisition of the
+-- lock (INCR of the fence), as long as the master keeps its data (docs/redis-backend.md).
+
+redis.register_function('cy_lock_acquire', function(keys, args)  -- lease ms -> token, or nil when held
+  if redis.call('EXISTS', keys[1]) == 1 then return false end
+  local token = redis.call('INCR', keys[2])
+  redis.call('SET', keys[1], string.format('%d', token), 'NX', 'PX', args[1])
+  return token
+end)
+
+redis.register_function('cy_lock_release', function(keys, args)  -- token -> 1, or 0 when not its holder
+  if redis.call('GET', keys[1]) ~= args[1] then return 0 end
+  redis.call('DEL', keys[1])
+  return 1
+end)
+
+redis.register_function('cy_lock_extend', function(keys, args)  -- token, lease ms -> 1, or 0 when not its holder
+  if redis.call('GET', keys[1]) ~= args[1] then return 0 end
+  redis.call('PEXPIRE', keys[1], args[2])
+  return 1
+end)

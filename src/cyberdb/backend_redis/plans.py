@@ -12,6 +12,9 @@ then), so a handle of a deleted table fails loudly as on the server.
 operations whose Python semantics are long (slice assignment, ``sort``, ``*=``), run the CyberDB
 server's own handler on a copy read from Redis and write the result back with a compare-and-set on the
 table's version (or the one value), retried on conflict: exact, and O(len) like the server's.
+
+The lock commands (``LOCK_PLANS``, used by the unchanged :class:`cyberdb.lock.Lock`) belong to no table: each
+is one library call in the slot of the lock's own name, given the router's ``execute(slot, *args)``.
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ from typing import Any, Protocol
 from ..canon import canon, canon_parts, element, element_value
 from ..codec import decode_value, encode_value
 from ..commands import LIST
-from ..errors import ConcurrentModificationError
-from ..server.handlers import HANDLERS
+from ..errors import ConcurrentModificationError, LockLostError
+from ..server.handlers import HANDLERS, lock_args
 from ..server.scan import HEAD_BUDGET, SCAN_BUDGET, WHOLE
-from .layout import TableKeys
+from .layout import TableKeys, lock_keys
 
-__all__ = ["CAS_ATTEMPTS", "PLANS", "Runner", "canon", "element", "element_value", "encode_key"]
+__all__ = ["CAS_ATTEMPTS", "LOCK_PLANS", "PLANS", "Runner", "canon", "element", "element_value", "encode_key"]
 
 CAS_ATTEMPTS = 100  # compare-and-set retries of one command before ConcurrentModificationError
 _MISSING: Any = object()
@@ -483,3 +486,46 @@ PLANS: dict[str, Callable[..., Any]] = {
     "list.scan": _list_scan,
 }
 assert all(name.startswith(LIST) or name.startswith("dict.") for name in PLANS)
+
+
+# ---- locks ----------------------------------------------------------------------------------------------------
+
+def _lease_ms(name: Any, ttl: Any) -> int:
+    seconds = lock_args(name, ttl)  # the server's own checks and errors (name, then ttl)
+    return max(1, int(seconds * 1000 + 0.999))  # PX takes whole milliseconds: round the lease up
+
+
+def _lock_lost(name: Any, token: Any) -> LockLostError:
+    return LockLostError(f"lock {name!r} is no longer held with token {token!r} (its lease ended or "
+                         "another holder took it)")  # the server's message (server/handlers.py)
+
+
+def _lock_acquire(execute: Callable[..., Any], name: Any, ttl: Any) -> int | None:
+    ms = _lease_ms(name, ttl)
+    slot, keys = lock_keys(name)
+    token = execute(slot, "FCALL", "cy_lock_acquire", len(keys), *keys, ms)
+    return None if token is None else int(token)
+
+
+def _lock_release(execute: Callable[..., Any], name: Any, token: Any) -> None:
+    if type(name) is not str or not name or type(token) is not int:
+        raise _lock_lost(name, token)
+    slot, keys = lock_keys(name)
+    if not execute(slot, "FCALL", "cy_lock_release", 1, keys[0], str(token)):
+        raise _lock_lost(name, token)
+
+
+def _lock_extend(execute: Callable[..., Any], name: Any, token: Any, ttl: Any) -> None:
+    ms = _lease_ms(name, ttl)
+    if type(token) is not int:
+        raise _lock_lost(name, token)
+    slot, keys = lock_keys(name)
+    if not execute(slot, "FCALL", "cy_lock_extend", 1, keys[0], str(token), ms):
+        raise _lock_lost(name, token)
+
+
+LOCK_PLANS: dict[str, Callable[..., Any]] = {
+    "lock.acquire": _lock_acquire,
+    "lock.release": _lock_release,
+    "lock.extend": _lock_extend,
+}

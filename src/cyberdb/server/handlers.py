@@ -25,7 +25,7 @@ from .store import KIND_TYPES, MAX_NAME_LENGTH, Encoded, WouldBlock, kind_name
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["HANDLERS", "MAX_LIST_ITEMS"]
+__all__ = ["HANDLERS", "MAX_LIST_ITEMS", "lock_args"]
 
 MAX_LIST_ITEMS = 1 << 27  # `l *= n` may not build a list longer than this (one request must not eat the RAM)
 MAX_LOCKS = 100_000  # expired leases are swept when there are more than this
@@ -252,7 +252,8 @@ def _list_replace_if(store: Store, table: list[Any], name: str, version: Any, it
 
 # ---- locks (database level; leases are in the append-only log, on the wall clock) ---------------------------
 
-def _lock_args(name: Any, ttl: Any) -> float:
+def lock_args(name: Any, ttl: Any) -> float:
+    """The checked ``(name, ttl)`` of a lock command: its lease in seconds (shared with the Redis backend)."""
     if type(name) is not str or not 0 < len(name) <= MAX_NAME_LENGTH:
         raise TypeError(f"a lock name must be a non-empty str of at most {MAX_NAME_LENGTH} characters")
     if type(ttl) not in (int, float) or not 0 < ttl <= MAX_TTL:
@@ -261,7 +262,7 @@ def _lock_args(name: Any, ttl: Any) -> float:
 
 
 def _lock_acquire(store: Store, name: Any, ttl: Any) -> int | None:
-    seconds = _lock_args(name, ttl)
+    seconds = lock_args(name, ttl)
     now = store.now()
     held = store._locks.get(name)
     if held is not None and held[1] > now:
@@ -286,7 +287,7 @@ def _lock_release(store: Store, name: Any, token: Any) -> None:
 
 
 def _lock_extend(store: Store, name: Any, token: Any, ttl: Any) -> None:
-    seconds = _lock_args(name, ttl)
+    seconds = lock_args(name, ttl)
     _lock_holder(store, name, token)
     store._locks[name] = (token, store.now() + seconds)
 
