@@ -7,6 +7,7 @@ once ``start()`` returns, always with ``PASSWORD``, and is stopped when its test
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -26,6 +28,20 @@ import cyberdb
 
 PASSWORD = "test-password"
 STARTUP_TIMEOUT = 20.0
+
+
+def load_dev() -> ModuleType:
+    """Import ROOT/dev.py once, as ``_cyberdb_dev`` (registered first: dataclasses look the module up there): its
+    process handling (process groups, readiness by polling, stop by PID) drives the deployment tests."""
+    name = "_cyberdb_dev"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "dev.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

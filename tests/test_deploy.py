@@ -8,15 +8,14 @@ before the package is installed, so it is loaded here by path.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from conftest import load_dev
 
 import cyberdb
 
@@ -30,20 +29,7 @@ REQUEST_TIMEOUT = 15.0
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(300)]
 
 
-def _load_dev() -> ModuleType:
-    """Import ROOT/dev.py as a module (registered first: dataclasses and pickling look it up there)."""
-    name = "_cyberdb_dev"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "dev.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-dev = _load_dev()
+dev = load_dev()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ returned at teardown (also when the view raises), use outside requests, and the 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -13,12 +12,11 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import click
 import pytest
-from conftest import PASSWORD, ServerProcess, free_port
+from conftest import PASSWORD, ServerProcess, free_port, load_dev
 from flask import Flask, abort, g
 
 import cyberdb
@@ -205,19 +203,6 @@ def test_one_extension_serves_several_apps_each_with_its_client(served: tuple[cy
 
 # ---- the seed app written with the extension, under real Gunicorn + gevent ---------------------------------------
 
-def _load_dev() -> ModuleType:
-    """ROOT/dev.py (process groups, readiness by polling, stop by PID), as tests/test_deploy.py loads it."""
-    name = "_cyberdb_dev"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "dev.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def seed_centre(server: ServerProcess, content: str) -> None:
     """Set table centre's content, as cyberdb_init.py does (creating the table the first time)."""
     client = server.connect()
@@ -245,7 +230,7 @@ def when_ready(server):
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("preload", [False, True], ids=["fork-then-import", "preload"])
 def test_the_flask_ext_example_under_gunicorn_and_gevent(make_server: Any, tmp_path: Path, preload: bool) -> None:
-    dev = _load_dev()
+    dev = load_dev()
     gunicorn = Path(sys.executable).parent / "gunicorn"
     assert gunicorn.is_file(), f"no gunicorn next to {sys.executable}: pip install -e '.[dev]'"
     server = make_server(password=SEED_PASSWORD, encrypt=True)  # as cyberdb_serve.py: encrypt=True

@@ -12,7 +12,6 @@ SIGKILL); readiness is an open port or HTTP 200, never a sleep.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shlex
@@ -26,14 +25,13 @@ import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import celery
 import celery.exceptions
 import gunicorn.config
 import pytest
-from conftest import PASSWORD, free_port, proxy_of
+from conftest import PASSWORD, free_port, load_dev, proxy_of
 
 import cyberdb
 
@@ -48,20 +46,7 @@ BOOT_TIMEOUT = 60.0
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(120)]
 
 
-def _load_dev() -> ModuleType:
-    """Import ROOT/dev.py (as tests/test_deploy.py does, under the same name, so it is loaded once)."""
-    name = "_cyberdb_dev"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "dev.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-dev = _load_dev()
+dev = load_dev()
 # Never route loopback requests through an http_proxy from the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

@@ -6,7 +6,7 @@
     async with client.get_proxy() as proxy:
         users = await proxy.create_cyberdict("users")
         await users.setitem("ann", {"age": 31})
-        print(await users.get("ann"), await users.len())
+        ann, count = await users.get("ann"), await users.len()
     await client.close()
 
 The same protocol, commands and tables as the synchronous client: an :class:`AsyncProxy` is an executor of
@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 from .aio_connection import AsyncConnection, AsyncConnectionPool, open_connection
 from .aio_extras import AsyncExecutor, AsyncLock, AsyncPipeline, AsyncSubscription, AsyncTransaction, transact
 from .aio_tables import AsyncCyberDict, AsyncCyberList, AsyncCyberRef
-from .client import RequestNumbers, _bound, _Budget
+from .client import RequestNumbers, _Budget, table_bound
 from .codec import encode_value
 from .commands import BY_NAME, CommandSpec
 from .connection import Raw, TLSConfig, unreachable
@@ -348,7 +348,7 @@ class AsyncProxy(AsyncExecutor):
         """Create a CyberDict table (from a mapping) and return it (see :meth:`cyberdb.Proxy.create_cyberdict`)."""
         if content is not None and not isinstance(content, Mapping):
             raise TypeError(f"the content of a CyberDict must be a dict, not {type(content).__name__}")
-        await self._create(table_name, "dict", dict(content or {}), _bound("maxsize", maxsize))
+        await self._create(table_name, "dict", dict(content or {}), table_bound("maxsize", maxsize))
         return AsyncCyberDict(self, table_name)  # type: ignore[arg-type]
 
     async def create_cyberlist(self, table_name: str, content: Any = None, *,
@@ -356,7 +356,7 @@ class AsyncProxy(AsyncExecutor):
         """Create a CyberList table (from a list) and return it (see :meth:`cyberdb.Proxy.create_cyberlist`)."""
         if content is not None and not isinstance(content, list):
             raise TypeError(f"the content of a CyberList must be a list, not {type(content).__name__}")
-        await self._create(table_name, "list", list(content or []), _bound("maxlen", maxlen))
+        await self._create(table_name, "list", list(content or []), table_bound("maxlen", maxlen))
         return AsyncCyberList(self, table_name)  # type: ignore[arg-type]
 
     async def get_cyberdict(self, table_name: str) -> AsyncCyberDict:

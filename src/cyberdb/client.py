@@ -50,7 +50,8 @@ from .tables import CyberDict, CyberList
 from .transaction import Transaction, transact
 from .url import parse_url
 
-__all__ = ["Client", "Connection", "ConnectionPool", "Proxy", "connect", "from_url"]
+__all__ = ["Client", "Connection", "ConnectionPool", "Proxy", "connect", "dict_content", "from_url", "list_content",
+           "table_bound"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -449,7 +450,8 @@ class Proxy(SyncExecutor):
             ValueError: ``maxsize`` is not an int >= 1.
             TableExistsError: a table of that name exists.
         """
-        self._create(table_name, "dict", {} if content is None else _as_dict(content), _bound("maxsize", maxsize))
+        content = {} if content is None else dict_content(content)
+        self._create(table_name, "dict", content, table_bound("maxsize", maxsize))
         return CyberDict(self, table_name)
 
     def create_cyberlist(self, table_name: str, content: Any = None, *, maxlen: int | None = None) -> CyberList:
@@ -465,7 +467,8 @@ class Proxy(SyncExecutor):
             ValueError: ``maxlen`` is not an int >= 1.
             TableExistsError: a table of that name exists.
         """
-        self._create(table_name, "list", [] if content is None else _as_list(content), _bound("maxlen", maxlen))
+        content = [] if content is None else list_content(content)
+        self._create(table_name, "list", content, table_bound("maxlen", maxlen))
         return CyberList(self, table_name)
 
     def get_cyberdict(self, table_name: str) -> CyberDict:
@@ -603,7 +606,8 @@ class _Budget:
         return delay
 
 
-def _as_dict(content: Any) -> dict[Any, Any]:
+def dict_content(content: Any) -> dict[Any, Any]:
+    """The content of a new CyberDict: a copy of a mapping or of a CyberDict (``TypeError`` for anything else)."""
     if isinstance(content, CyberDict):
         return content.todict()
     if not isinstance(content, Mapping):
@@ -611,7 +615,8 @@ def _as_dict(content: Any) -> dict[Any, Any]:
     return dict(content)
 
 
-def _as_list(content: Any) -> list[Any]:
+def list_content(content: Any) -> list[Any]:
+    """The content of a new CyberList: a copy of a list or of a CyberList (``TypeError`` for anything else)."""
     if isinstance(content, CyberList):
         return content.tolist()
     if not isinstance(content, list):
@@ -619,7 +624,7 @@ def _as_list(content: Any) -> list[Any]:
     return list(content)
 
 
-def _bound(option: str, value: int | None) -> dict[str, int] | None:
+def table_bound(option: str, value: int | None) -> dict[str, int] | None:
     """The table option ``{option: value}`` of a bounded table, checked before anything is sent."""
     if value is None:
         return None

@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, NoReturn, TextIO
 
 import redis
 from redis.exceptions import OutOfMemoryError, ResponseError
 
+from ..client import dict_content, list_content
 from ..codec import decode_value, encode_value
 from ..commands import CommandSpec
 from ..errors import (
@@ -328,13 +329,7 @@ class RedisBackendProxy(SyncExecutor):
         """
         if maxsize is not None:
             _unsupported("maxsize (a bounded CyberDict)")
-        if content is None:
-            content = {}
-        elif isinstance(content, CyberDict):
-            content = content.todict()
-        elif not isinstance(content, Mapping):
-            raise TypeError(f"the content of a CyberDict must be a dict, not {type(content).__name__}")
-        self._create(table_name, "dict", dict(content), tag)
+        self._create(table_name, "dict", {} if content is None else dict_content(content), tag)
         return CyberDict(self, table_name)
 
     def create_cyberlist(self, table_name: str, content: Any = None, *, tag: str | None = None,
@@ -348,13 +343,7 @@ class RedisBackendProxy(SyncExecutor):
         """
         if maxlen is not None:
             _unsupported("maxlen (a bounded CyberList)")
-        if content is None:
-            content = []
-        elif isinstance(content, CyberList):
-            content = content.tolist()
-        elif not isinstance(content, list):
-            raise TypeError(f"the content of a CyberList must be a list, not {type(content).__name__}")
-        self._create(table_name, "list", list(content), tag)
+        self._create(table_name, "list", [] if content is None else list_content(content), tag)
         return CyberList(self, table_name)
 
     def _get(self, table_name: str, kind: str) -> None:
